@@ -1,0 +1,271 @@
+//! Command line: `portcullis serve`, `portcullis token`, `portcullis demo`.
+//!
+//! `main` stays tiny: [`main`] parses arguments, runs one command and maps its error chain
+//! to a message on stderr and a non-zero exit code.
+
+use std::{
+    collections::HashMap,
+    io::IsTerminal,
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::{
+    auth::issuer::TokenRequest,
+    config::{Config, Overrides, Settings},
+};
+
+/// Portcullis: an OAuth-secured remote MCP gateway.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Print one access token (JWT) signed by the embedded authorization server.
+    Token(TokenArgs),
+    /// Start the gateway on loopback in front of a built-in demo upstream, and print a
+    /// ready token and commands to connect.
+    Demo(DemoArgs),
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (embedded issuer key and other state).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `portcullis serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to bind, e.g. `127.0.0.1:8080` or `0.0.0.0:8080`.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Externally visible base URL (the token audience is `<URL>/mcp`).
+    #[arg(long, value_name = "URL")]
+    public_url: Option<Url>,
+    /// Add an upstream MCP server (repeatable); added to the file's upstreams.
+    #[arg(long = "upstream", value_name = "NAME=URL", value_parser = parse_upstream)]
+    upstreams: Vec<(String, Url)>,
+}
+
+/// `portcullis token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Subject (`sub`) of the token.
+    #[arg(long, value_name = "SUBJECT")]
+    sub: String,
+    /// Space-separated scopes, e.g. "mcp:tools mcp:resources".
+    #[arg(long, value_name = "SCOPES", default_value = "")]
+    scope: String,
+    /// Lifetime in seconds (default `auth.default_token_ttl`; at most `auth.max_token_ttl`).
+    #[arg(long, value_name = "SECONDS")]
+    ttl: Option<u64>,
+    /// `client_id` claim.
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
+}
+
+/// `portcullis demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address to bind the gateway (loopback only).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn parse_upstream(value: &str) -> Result<(String, Url), String> {
+    let (name, url) = value.split_once('=').ok_or("expected NAME=URL")?;
+    let url = Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    Ok((name.to_owned(), url))
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+/// Runs one parsed command.
+///
+/// # Errors
+/// Configuration, start-up and I/O failures, with context saying what to fix.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let env = crate::process_env();
+    match cli.command {
+        Command::Serve(args) => serve(args, &env).await,
+        Command::Token(args) => token(args, &env),
+        Command::Demo(args) => demo(args, &env).await,
+    }
+}
+
+fn load_settings(config: &ConfigArgs, overrides: Overrides, env: &HashMap<String, String>) -> anyhow::Result<Settings> {
+    let overrides = Overrides { data_dir: config.data_dir.clone().or(overrides.data_dir), ..overrides };
+    let raw = Config::load(config.config.as_deref(), env, &overrides)?;
+    Ok(Settings::from_config(raw, env)?)
+}
+
+async fn serve(args: ServeArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    let overrides = Overrides { listen: args.listen, public_url: args.public_url, data_dir: None, upstreams: args.upstreams };
+    let settings = load_settings(&args.config, overrides, env)?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another process using it? set --listen)", settings.listen))?;
+    crate::run(settings, listener, shutdown_signal()).await
+}
+
+fn token(args: TokenArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    let settings = load_settings(&args.config, Overrides::default(), env)?;
+    let issuer = crate::embedded_issuer(&settings)?;
+    let ttl = args.ttl.map_or(settings.auth.default_token_ttl, Duration::from_secs);
+    let request = TokenRequest {
+        subject: args.sub,
+        scopes: args.scope.split_ascii_whitespace().map(str::to_owned).collect(),
+        ttl,
+        client_id: args.client_id,
+    };
+    println!("{}", issuer.mint(&request)?);
+    Ok(())
+}
+
+async fn demo(args: DemoArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        bail!("portcullis demo only binds loopback addresses (got {}); use `portcullis serve` for anything else", args.listen);
+    }
+    let cancel = CancellationToken::new();
+    let upstream_listener = TcpListener::bind("127.0.0.1:0").await.context("binding the demo upstream")?;
+    let upstream = crate::demo::spawn(upstream_listener, cancel.clone())?;
+    let upstream_url = Url::parse(&format!("http://{upstream}/mcp"))?;
+    let overrides = Overrides {
+        listen: Some(args.listen),
+        public_url: None,
+        data_dir: args.data_dir,
+        upstreams: vec![("demo".to_owned(), upstream_url)],
+    };
+    let settings = load_settings(&ConfigArgs::default(), overrides, env)?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (try `portcullis demo --listen 127.0.0.1:8181`)", settings.listen))?;
+    let issuer = crate::embedded_issuer(&settings)?;
+    let token = issuer.mint(&TokenRequest {
+        subject: "demo-user".into(),
+        scopes: crate::policy::DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+        ttl: settings.auth.max_token_ttl,
+        client_id: Some("portcullis-demo".into()),
+    })?;
+    print_demo_banner(&settings.resource, &token, settings.auth.max_token_ttl);
+    let stop = cancel.clone();
+    let result = crate::run(settings, listener, async move {
+        shutdown_signal().await;
+        stop.cancel();
+    })
+    .await;
+    cancel.cancel();
+    result
+}
+
+fn print_demo_banner(endpoint: &str, token: &str, ttl: Duration) {
+    let minutes = ttl.as_secs() / 60;
+    println!(
+        r#"
+Portcullis demo gateway: {endpoint}
+Upstream "demo" (tools: demo__get_forecast [read-only], demo__delete_file [destructive],
+demo__fetch_webpage [returns an injected instruction]), a resource and a prompt.
+
+Access token (subject demo-user, scopes mcp:tools mcp:resources mcp:prompts, valid {minutes} min):
+
+export PORTCULLIS_TOKEN={token}
+
+List tools with curl:
+  curl -s {endpoint} -H "Authorization: Bearer $PORTCULLIS_TOKEN" \
+    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+    -d '{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"curl","version":"0"}}}}}}' -i
+  (then repeat with -H "Mcp-Session-Id: <id from the response>" and
+   -d '{{"jsonrpc":"2.0","id":2,"method":"tools/list"}}')
+
+MCP Inspector:
+  npx @modelcontextprotocol/inspector --cli {endpoint} --transport http \
+    --header "Authorization: Bearer $PORTCULLIS_TOKEN" --method tools/list
+
+Claude Code:
+  claude mcp add --transport http portcullis {endpoint} --header "Authorization: Bearer $PORTCULLIS_TOKEN"
+
+A new token: cargo run -- token --sub demo-user --scope "mcp:tools mcp:resources mcp:prompts"
+Stop with Ctrl-C.
+"#
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,134 @@
+//! Portcullis: an OAuth-secured remote MCP gateway.
+//!
+//! To MCP clients, Portcullis is one remote MCP server at `<public_url>/mcp` (streamable
+//! HTTP). To the upstream MCP servers a team allow-lists, it is one MCP client. Every request
+//! is authenticated with a short-lived, audience-bound JWT; every tool, resource and prompt
+//! is advertised and callable only where policy allows; the client's token never travels
+//! upstream. See `docs/DESIGN.md` for the request flow.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, `PORTCULLIS_*` environment overrides, validated [`config::Settings`].
+//! - [`transport`]: axum application; Host/Origin allow-lists, body cap, JSON checks, OAuth
+//!   metadata endpoints, and the hand-off to rmcp's streamable-HTTP server.
+//! - [`auth`]: the resource server (bearer JWT → [`auth::Principal`]); [`auth::issuer`] is the
+//!   embedded authorization server (signing key, JWKS, token minting).
+//! - [`session`]: binds each MCP session to the principal that created it.
+//! - [`router`]: the per-session MCP server; dispatches lists to the catalog and calls to
+//!   upstreams; keeps the catalog in sync.
+//! - [`catalog`]: merged, prefixed catalog of upstream tools, prompts, resources, templates.
+//! - [`policy`]: deny-by-default decisions; [`policy::Grant`] proves a call was allowed.
+//! - [`upstream`]: rmcp streamable-HTTP client connections to allow-listed upstreams and the
+//!   relay of their notifications and requests back to the right client session.
+//! - [`demo`]: the built-in demo upstream used by `portcullis demo`.
+//! - [`cli`]: command-line parsing and the `serve`, `token` and `demo` commands.
+
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod policy;
+pub mod router;
+pub mod session;
+pub mod transport;
+pub mod upstream;
+
+use std::{collections::HashMap, future::Future, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{
+        ResourceServer,
+        issuer::{EmbeddedIssuer, SigningKey},
+    },
+    catalog::CatalogStore,
+    config::Settings,
+    policy::Policy,
+    router::{CatalogSync, Gateway},
+    transport::AppState,
+    upstream::Upstream,
+};
+
+/// Loads (or creates) the embedded issuer for `settings`: its key lives in the data dir.
+///
+/// # Errors
+/// When the key cannot be read, parsed or created.
+pub fn embedded_issuer(settings: &Settings) -> anyhow::Result<EmbeddedIssuer> {
+    let key = SigningKey::load_or_generate(&settings.data_dir)
+        .with_context(|| format!("loading the embedded issuer key from data dir {}", settings.data_dir.display()))?;
+    Ok(EmbeddedIssuer::new(key, settings.auth.issuer.clone(), settings.resource.clone(), settings.auth.max_token_ttl))
+}
+
+/// Runs the gateway on an already-bound `listener` until `shutdown` completes.
+///
+/// Start-up connects to every upstream and builds the catalog: an unreachable upstream is
+/// logged and retried in the background, while two upstreams whose names collide after
+/// prefixing stop the start.
+///
+/// # Errors
+/// A fatal misconfiguration (issuer key, name collision) or a server I/O failure.
+pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let issuer = Arc::new(embedded_issuer(&settings)?);
+    tracing::info!(issuer = issuer.issuer(), kid = issuer.key().kid(), "embedded authorization server key loaded");
+    let resource_server = Arc::new(ResourceServer::new(
+        issuer.clone(),
+        &settings.resource,
+        settings.auth.leeway,
+        settings.auth.max_token_ttl,
+    ));
+
+    // Upstream redirects are not followed: an allow-listed URL must not bounce elsewhere.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build()
+        .context("building the upstream HTTP client")?;
+    let upstreams: Vec<Arc<Upstream>> =
+        settings.upstreams.iter().map(|u| Arc::new(Upstream::new(u.clone(), http.clone()))).collect();
+    let catalog = Arc::new(CatalogStore::new(upstreams.iter().map(|u| u.name().clone()).collect()));
+    let (list_changed, _) = tokio::sync::broadcast::channel(64);
+    let mut sync = CatalogSync::new(upstreams.clone(), catalog.clone(), list_changed.clone());
+    for status in sync.initial().await.context("refusing to start")? {
+        match status.result {
+            Ok(tools) => tracing::info!(upstream = %status.upstream, tools, "upstream ready"),
+            Err(error) => tracing::warn!(upstream = %status.upstream, %error, "upstream unavailable at start; retrying in the background"),
+        }
+    }
+    if upstreams.is_empty() {
+        tracing::warn!("no upstreams configured: the catalog is empty (add [[upstream]] or --upstream NAME=URL)");
+    }
+
+    let gateway = Arc::new(Gateway {
+        settings: settings.clone(),
+        policy: Policy::default(),
+        catalog,
+        upstreams: upstreams.iter().map(|u| (u.name().clone(), u.clone())).collect::<HashMap<_, _>>(),
+        list_changed,
+    });
+    let cancel = CancellationToken::new();
+    let sync_task = tokio::spawn(sync.run(cancel.child_token()));
+    let state = AppState::new(gateway, resource_server, issuer, cancel.child_token());
+    let app = transport::app(state);
+
+    let address = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%address, endpoint = %settings.resource, "listening");
+    let stop = cancel.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await;
+    cancel.cancel();
+    let _ = sync_task.await;
+    served.context("HTTP server failed")
+}
+
+/// The process environment as a map, for [`config::Config::load`].
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars().collect()
+}

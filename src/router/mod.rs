@@ -1,0 +1,450 @@
+//! Router: the MCP server the clients talk to. Dispatches each JSON-RPC request to the
+//! catalog (lists), to one upstream (calls), or answers locally (`ping`).
+//!
+//! One [`SessionHandler`] exists per client session (rmcp creates it at `initialize`). Every
+//! request goes through the same ordered steps, in [`SessionHandler`]'s methods:
+//! 1. recover the [`Principal`] the transport authenticated (missing → internal error: fail
+//!    closed);
+//! 2. resolve the target in the catalog (unknown → the "unknown" error for its kind);
+//! 3. ask policy; a denial answers exactly like an unknown target;
+//! 4. forward through this session's connection to the target's upstream, with the
+//!    [`crate::policy::Grant`] as proof, within the upstream's timeout.
+//!
+//! Lists are answered from the catalog, filtered by the same policy decision.
+
+// Logging (`logging/setLevel`, `notifications/message`) is deprecated by SEP-2577 for
+// 2026-07-28 but is part of every earlier revision the gateway serves, so it is relayed.
+#![allow(deprecated)]
+
+mod sync;
+
+use std::{collections::HashMap, sync::Arc};
+
+use rmcp::{
+    ErrorData, RoleServer, ServerHandler,
+    model::{
+        CallToolRequestParams, CallToolResponse, ClientConfig, ClientRequest, CompleteRequestParams,
+        CompleteResult, GetPromptRequestParams, GetPromptResponse, InitializeRequestParams, InitializeResult,
+        ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+        PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, Reference, Request,
+        ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, SubscribeRequestParams,
+        UnsubscribeRequestParams,
+    },
+    service::{NotificationContext, Peer, RequestContext},
+};
+use tokio::sync::{Mutex, OnceCell, broadcast};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+pub use sync::{CatalogSync, ListChanged};
+
+use crate::{
+    auth::Principal,
+    catalog::{CatalogStore, ResourceRoute},
+    config::Settings,
+    policy::{Decision, Grant, Policy, Target, TargetKind},
+    upstream::{self, Connection, Origin, RelayTarget, Upstream},
+};
+
+/// Shared state of the gateway: settings, policy, catalog and upstreams.
+pub struct Gateway {
+    /// Validated settings.
+    pub settings: Arc<Settings>,
+    /// Policy engine.
+    pub policy: Policy,
+    /// Current catalog.
+    pub catalog: Arc<CatalogStore>,
+    /// Upstreams by name.
+    pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+    /// Catalog change notifications for client sessions.
+    pub list_changed: broadcast::Sender<ListChanged>,
+}
+
+/// The MCP server for one client session.
+pub struct SessionHandler {
+    gateway: Arc<Gateway>,
+    state: Arc<SessionState>,
+}
+
+struct SessionState {
+    client: OnceCell<ClientConfig>,
+    connections: HashMap<Arc<str>, Mutex<Option<Arc<Connection>>>>,
+    log_level: std::sync::Mutex<Option<rmcp::model::LoggingLevel>>,
+    /// Stops this session's background tasks when the session ends.
+    _stop: DropGuard,
+    stop: CancellationToken,
+}
+
+// === impl SessionHandler ===
+
+impl SessionHandler {
+    /// A handler for a new client session.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        let stop = CancellationToken::new();
+        let connections = gateway.upstreams.keys().map(|name| (name.clone(), Mutex::new(None))).collect();
+        let state = SessionState {
+            client: OnceCell::new(),
+            connections,
+            log_level: std::sync::Mutex::new(None),
+            _stop: stop.clone().drop_guard(),
+            stop,
+        };
+        Self { gateway, state: Arc::new(state) }
+    }
+
+    /// This session's connection to `upstream`, opened on first use and reopened if the
+    /// upstream's session ended.
+    async fn connection(&self, upstream: &Arc<str>, peer: &Peer<RoleServer>) -> Result<Arc<Connection>, upstream::Error> {
+        let (Some(slot), Some(target)) = (self.state.connections.get(upstream), self.gateway.upstreams.get(upstream)) else {
+            return Err(upstream::Error::Unavailable { upstream: upstream.clone(), reason: "not configured".into() });
+        };
+        let mut slot = slot.lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(connection.clone());
+        }
+        let connection = Arc::new(target.connect(self.state.client.get(), RelayTarget::Session(peer.clone())).await?);
+        let level = *self.state.log_level.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(level) = level {
+            let request = ClientRequest::SetLevelRequest(Request::new(SetLevelRequestParams::new(level)));
+            if let Err(error) = connection.send_unscoped(request).await {
+                tracing::debug!(%upstream, %error, "upstream refused logging/setLevel");
+            }
+        }
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Steps 2–4 of the module docs for one target: policy, then forward.
+    async fn forward(
+        &self,
+        principal: &Principal,
+        target: Target<'_>,
+        request: ClientRequest,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        let grant = authorize(&self.gateway.policy, principal, target).ok_or_else(|| hidden(target.kind, target.name))?;
+        let upstream: Arc<str> = Arc::from(grant.upstream());
+        let connection = self.connection(&upstream, &context.peer).await.map_err(|e| upstream_error(&e))?;
+        let origin = Origin { request_id: Some(context.id.clone()), meta: context.meta.clone() };
+        let result = connection.forward(&grant, request, &origin).await;
+        result.map_err(|error| {
+            if let upstream::Error::Unavailable { .. } = error {
+                tracing::warn!(%error, "upstream call failed");
+            }
+            upstream_error(&error)
+        })
+    }
+}
+
+fn authorize(policy: &Policy, principal: &Principal, target: Target<'_>) -> Option<Grant> {
+    match policy.decide(principal, target) {
+        Decision::Allow(grant) => Some(grant),
+        Decision::DenyMissingScopes(_) => None,
+    }
+}
+
+fn upstream_error(error: &upstream::Error) -> ErrorData {
+    upstream::to_error_data(error)
+}
+
+/// The error for an unknown target, also used for a denied one (they must be identical).
+fn hidden(kind: TargetKind, name: &str) -> ErrorData {
+    match kind {
+        TargetKind::Tool => ErrorData::invalid_params(format!("Unknown tool: {name}"), None),
+        TargetKind::Prompt => ErrorData::invalid_params(format!("Unknown prompt: {name}"), None),
+        TargetKind::Resource => ErrorData::resource_not_found(
+            format!("Resource {name} not found"),
+            Some(serde_json::json!({"uri": name})),
+        ),
+    }
+}
+
+/// Step 1: the principal the transport put on the HTTP request.
+fn principal(context: &RequestContext<RoleServer>) -> Result<Principal, ErrorData> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Principal>())
+        .cloned()
+        .ok_or_else(|| {
+            tracing::error!("request reached the router without a principal; refused");
+            ErrorData::internal_error("internal error", None)
+        })
+}
+
+fn unexpected(upstream: &str) -> ErrorData {
+    ErrorData::new(
+        rmcp::model::ErrorCode(upstream::UPSTREAM_UNAVAILABLE),
+        format!("upstream {upstream:?} sent an unexpected result"),
+        Some(serde_json::json!({"upstream": upstream})),
+    )
+}
+
+/// Converts an untyped upstream result into the expected result type (rmcp decodes results
+/// without knowing the request, so a result may land in a sibling variant).
+fn convert<T: serde::de::DeserializeOwned>(result: ServerResult, upstream: &str) -> Result<T, ErrorData> {
+    let value = serde_json::to_value(result).map_err(|_| unexpected(upstream))?;
+    serde_json::from_value(value).map_err(|_| unexpected(upstream))
+}
+
+impl ServerHandler for SessionHandler {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder()
+            .enable_logging()
+            .enable_completions()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .enable_resources_subscribe()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build();
+        ServerConfig::new(capabilities)
+            .with_server_info(rmcp::model::Implementation::new("portcullis", env!("CARGO_PKG_VERSION")))
+            .with_instructions("Portcullis MCP gateway: tools, resources and prompts of the allow-listed upstream servers this token may use.")
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        principal(&context)?;
+        context.peer.set_peer_info(request.clone());
+        let _ = self.state.client.set(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // Relay catalog changes to this client until the session ends.
+        let mut changes = self.gateway.list_changed.subscribe();
+        let peer = context.peer.clone();
+        let stop = self.state.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    () = stop.cancelled() => return,
+                    change = changes.recv() => change,
+                };
+                let sent = match change {
+                    Ok(ListChanged::Tools) => peer.notify_tool_list_changed().await,
+                    Ok(ListChanged::Prompts) => peer.notify_prompt_list_changed().await,
+                    Ok(ListChanged::Resources) => peer.notify_resource_list_changed().await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn ping(&self, _context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        Ok(())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let principal = principal(&context)?;
+        let catalog = self.gateway.catalog.current();
+        let policy = &self.gateway.policy;
+        let tools = catalog
+            .tools()
+            .iter()
+            .filter(|e| policy.permits(&principal, Target { kind: TargetKind::Tool, upstream: &e.upstream, name: &e.original }))
+            .map(|e| e.item.clone())
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        mut request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let principal = principal(&context)?;
+        let catalog = self.gateway.catalog.current();
+        let Some(entry) = catalog.tool(&request.name) else {
+            return Err(hidden(TargetKind::Tool, &request.name));
+        };
+        let target = Target { kind: TargetKind::Tool, upstream: &entry.upstream, name: &entry.original };
+        let advertised = std::mem::replace(&mut request.name, entry.original.clone().into());
+        request.meta = None;
+        let forwarded = self.forward(&principal, target, ClientRequest::CallToolRequest(Request::new(request)), &context);
+        match forwarded.await {
+            Ok(ServerResult::CallToolResult(result)) => Ok(CallToolResponse::Complete(result)),
+            Ok(ServerResult::InputRequiredResult(result)) => Ok(CallToolResponse::InputRequired(result)),
+            Ok(ServerResult::CreateTaskResult(result)) => Ok(CallToolResponse::Task(result)),
+            Ok(other) => convert(other, &entry.upstream).map(CallToolResponse::Complete),
+            Err(error) => {
+                tracing::debug!(tool = %advertised, code = error.code.0, "tools/call failed");
+                Err(error)
+            }
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let principal = principal(&context)?;
+        let catalog = self.gateway.catalog.current();
+        let policy = &self.gateway.policy;
+        let prompts = catalog
+            .prompts()
+            .iter()
+            .filter(|e| policy.permits(&principal, Target { kind: TargetKind::Prompt, upstream: &e.upstream, name: &e.original }))
+            .map(|e| e.item.clone())
+            .collect();
+        Ok(ListPromptsResult::with_all_items(prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        mut request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let principal = principal(&context)?;
+        let catalog = self.gateway.catalog.current();
+        let Some(entry) = catalog.prompt(&request.name) else {
+            return Err(hidden(TargetKind::Prompt, &request.name));
+        };
+        let target = Target { kind: TargetKind::Prompt, upstream: &entry.upstream, name: &entry.original };
+        request.name = entry.original.clone();
+        request.meta = None;
+        match self.forward(&principal, target, ClientRequest::GetPromptRequest(Request::new(request)), &context).await? {
+            ServerResult::GetPromptResult(result) => Ok(GetPromptResponse::Complete(result)),
+            ServerResult::InputRequiredResult(result) => Ok(GetPromptResponse::InputRequired(result)),
+            other => convert(other, &entry.upstream).map(GetPromptResponse::Complete),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let principal = principal(&context)?;
+        let catalog = self.gateway.catalog.current();
+        let policy = &self.gateway.policy;
+        let resources = catalog
+            .resources()
+            .iter()
+            .filter(|e| policy.permits(&principal, Target { kind: TargetKind::Resource, upstream: &e.upstream, name: &e.original }))
+            .map(|e| e.item.clone())
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let principal = principal(&context)?;
+        let catalog = self.gateway.catalog.current();
+        let policy = &self.gateway.policy;
+        let templates = catalog
+            .templates()
+            .iter()
+            .filter(|e| {
+                let target = Target { kind: TargetKind::Resource, upstream: &e.upstream, name: &e.item.uri_template };
+                policy.permits(&principal, target)
+            })
+            .map(|e| e.item.clone())
+            .collect();
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
+    }
+
+    async fn read_resource(
+        &self,
+        mut request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let principal = principal(&context)?;
+        let uri = request.uri.clone();
+        let upstream = self.resource_upstream(&uri)?;
+        let target = Target { kind: TargetKind::Resource, upstream: &upstream, name: &uri };
+        request.meta = None;
+        match self.forward(&principal, target, ClientRequest::ReadResourceRequest(Request::new(request)), &context).await? {
+            ServerResult::ReadResourceResult(result) => Ok(ReadResourceResponse::Complete(result)),
+            ServerResult::InputRequiredResult(result) => Ok(ReadResourceResponse::InputRequired(result)),
+            other => convert(other, &upstream).map(ReadResourceResponse::Complete),
+        }
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(&self, request: SubscribeRequestParams, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        let principal = principal(&context)?;
+        let uri = request.uri.clone();
+        let upstream = self.resource_upstream(&uri)?;
+        let target = Target { kind: TargetKind::Resource, upstream: &upstream, name: &uri };
+        self.forward(&principal, target, ClientRequest::SubscribeRequest(Request::new(request)), &context).await?;
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(&self, request: UnsubscribeRequestParams, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        let principal = principal(&context)?;
+        let uri = request.uri.clone();
+        let upstream = self.resource_upstream(&uri)?;
+        let target = Target { kind: TargetKind::Resource, upstream: &upstream, name: &uri };
+        self.forward(&principal, target, ClientRequest::UnsubscribeRequest(Request::new(request)), &context).await?;
+        Ok(())
+    }
+
+    async fn complete(&self, mut request: CompleteRequestParams, context: RequestContext<RoleServer>) -> Result<CompleteResult, ErrorData> {
+        let principal = principal(&context)?;
+        let catalog = self.gateway.catalog.current();
+        let (kind, upstream, original) = match &request.r#ref {
+            Reference::Prompt(prompt) => {
+                let entry = catalog.prompt(&prompt.name).ok_or_else(|| hidden(TargetKind::Prompt, &prompt.name))?;
+                (TargetKind::Prompt, entry.upstream.clone(), entry.original.clone())
+            }
+            Reference::Resource(resource) => {
+                let upstream = self.resource_upstream(&resource.uri)?;
+                (TargetKind::Resource, upstream, resource.uri.clone())
+            }
+            _ => return Err(ErrorData::invalid_params("unsupported completion reference type", None)),
+        };
+        if let Reference::Prompt(prompt) = &mut request.r#ref {
+            prompt.name = original.clone();
+        }
+        request.meta = None;
+        let target = Target { kind, upstream: &upstream, name: &original };
+        match self.forward(&principal, target, ClientRequest::CompleteRequest(Request::new(request)), &context).await? {
+            ServerResult::CompleteResult(result) => Ok(result),
+            other => convert(other, &upstream),
+        }
+    }
+
+    async fn set_level(&self, request: SetLevelRequestParams, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        principal(&context)?;
+        *self.state.log_level.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(request.level);
+        // Apply to the upstreams this session already talks to; later ones get it on connect.
+        for (upstream, slot) in &self.state.connections {
+            let connection = slot.lock().await.clone();
+            if let Some(connection) = connection {
+                let request = ClientRequest::SetLevelRequest(Request::new(request.clone()));
+                if let Err(error) = connection.send_unscoped(request).await {
+                    tracing::debug!(%upstream, %error, "upstream refused logging/setLevel");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionHandler {
+    fn resource_upstream(&self, uri: &str) -> Result<Arc<str>, ErrorData> {
+        match self.gateway.catalog.current().route_resource(uri) {
+            ResourceRoute::Upstream(upstream) => Ok(upstream),
+            ResourceRoute::Ambiguous | ResourceRoute::Unknown => Err(hidden(TargetKind::Resource, uri)),
+        }
+    }
+}

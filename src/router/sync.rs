@@ -1,0 +1,188 @@
+//! Keeps the catalog in step with the upstreams: one catalog connection per upstream, an
+//! initial listing at start, a re-listing when an upstream announces a list change, and
+//! reconnection with backoff when an upstream is down. Changes are broadcast to client
+//! sessions as [`ListChanged`].
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use rmcp::{RoleClient, service::Peer};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    catalog::{CatalogStore, Collision, UpstreamListing},
+    upstream::{self, CatalogEvent, Connection, RelayTarget, Upstream},
+};
+
+/// A catalog change to announce to client sessions (`notifications/*/list_changed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListChanged {
+    /// Tools changed.
+    Tools,
+    /// Prompts changed.
+    Prompts,
+    /// Resources or resource templates changed.
+    Resources,
+}
+
+/// The state of one upstream after the initial listing.
+#[derive(Debug)]
+pub struct UpstreamStatus {
+    /// Upstream name.
+    pub upstream: Arc<str>,
+    /// Tool count when listed, or the error that prevented it.
+    pub result: Result<usize, upstream::Error>,
+}
+
+/// Maintains catalog connections and listings.
+pub struct CatalogSync {
+    upstreams: Vec<Arc<Upstream>>,
+    store: Arc<CatalogStore>,
+    changes: broadcast::Sender<ListChanged>,
+    events_tx: mpsc::UnboundedSender<(Arc<str>, CatalogEvent)>,
+    events_rx: mpsc::UnboundedReceiver<(Arc<str>, CatalogEvent)>,
+    connections: HashMap<Arc<str>, Connection>,
+}
+
+/// Longest wait between reconnection attempts to a down upstream.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+// === impl CatalogSync ===
+
+impl CatalogSync {
+    /// A syncer for `upstreams` (configuration order) writing to `store`.
+    pub fn new(upstreams: Vec<Arc<Upstream>>, store: Arc<CatalogStore>, changes: broadcast::Sender<ListChanged>) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self { upstreams, store, changes, events_tx, events_rx, connections: HashMap::new() }
+    }
+
+    /// Connects to every upstream concurrently and builds the first catalog.
+    ///
+    /// # Errors
+    /// A [`Collision`] between two upstreams' names: the gateway must not start.
+    pub async fn initial(&mut self) -> Result<Vec<UpstreamStatus>, Collision> {
+        let attempts = self.upstreams.iter().map(|upstream| {
+            let events = self.events_tx.clone();
+            async move {
+                let connection = upstream.connect(None, RelayTarget::Catalog(events)).await?;
+                let listing = list(upstream, connection.peer()).await?;
+                Ok::<_, upstream::Error>((connection, listing))
+            }
+        });
+        let results = futures::future::join_all(attempts).await;
+        let mut listings = Vec::new();
+        let mut statuses = Vec::new();
+        for (upstream, result) in self.upstreams.iter().zip(results) {
+            match result {
+                Ok((connection, listing)) => {
+                    statuses.push(UpstreamStatus { upstream: upstream.name().clone(), result: Ok(listing.tools.len()) });
+                    listings.push(listing);
+                    self.connections.insert(upstream.name().clone(), connection);
+                }
+                Err(error) => statuses.push(UpstreamStatus { upstream: upstream.name().clone(), result: Err(error) }),
+            }
+        }
+        self.store.replace_all(listings, true)?;
+        Ok(statuses)
+    }
+
+    /// Runs until `shutdown`: re-lists on change notifications, reconnects down upstreams.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff: HashMap<Arc<str>, (Duration, tokio::time::Instant)> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some((name, event)) = self.events_rx.recv() => self.relist(&name, Some(event)).await,
+                _ = tick.tick() => {
+                    let now = tokio::time::Instant::now();
+                    let upstreams = self.upstreams.clone();
+                    for upstream in &upstreams {
+                        let name = upstream.name();
+                        let alive = self.connections.get(name).is_some_and(|c| !c.is_closed());
+                        if alive {
+                            backoff.remove(name);
+                            continue;
+                        }
+                        if self.connections.remove(name).is_some() {
+                            tracing::warn!(upstream = %name, "upstream session lost; its entries stay listed, calls fail until it is back");
+                        }
+                        let (delay, next) = backoff.get(name).copied().unwrap_or((Duration::from_secs(1), now));
+                        if now < next {
+                            continue;
+                        }
+                        match upstream.connect(None, RelayTarget::Catalog(self.events_tx.clone())).await {
+                            Ok(connection) => {
+                                tracing::info!(upstream = %name, "upstream reachable");
+                                self.connections.insert(name.clone(), connection);
+                                backoff.remove(name);
+                                self.relist(name, None).await;
+                            }
+                            Err(error) => {
+                                tracing::debug!(upstream = %name, %error, "upstream still unavailable");
+                                let delay = (delay * 2).min(MAX_BACKOFF);
+                                backoff.insert(name.clone(), (delay, now + delay));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (_, connection) in self.connections.drain() {
+            connection.close().await;
+        }
+    }
+
+    async fn relist(&mut self, name: &Arc<str>, event: Option<CatalogEvent>) {
+        let (Some(upstream), Some(connection)) =
+            (self.upstreams.iter().find(|u| u.name() == name), self.connections.get(name))
+        else {
+            return;
+        };
+        match list(upstream, connection.peer()).await {
+            Ok(listing) => {
+                self.store.update(name, Some(listing));
+                let changes: &[ListChanged] = match event {
+                    Some(CatalogEvent::ToolsChanged) => &[ListChanged::Tools],
+                    Some(CatalogEvent::PromptsChanged) => &[ListChanged::Prompts],
+                    Some(CatalogEvent::ResourcesChanged) => &[ListChanged::Resources],
+                    None => &[ListChanged::Tools, ListChanged::Prompts, ListChanged::Resources],
+                };
+                for change in changes {
+                    let _ = self.changes.send(*change);
+                }
+            }
+            Err(error) => tracing::warn!(upstream = %name, %error, "re-listing upstream failed"),
+        }
+    }
+}
+
+/// Lists everything an upstream advertises (all pages), within its request timeout.
+async fn list(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<UpstreamListing, upstream::Error> {
+    let timeout = upstream.settings().request_timeout;
+    let name = upstream.name().clone();
+    let capabilities = peer.peer_info().map(|info| info.capabilities.clone()).unwrap_or_default();
+    let work = async {
+        let tools = if capabilities.tools.is_some() { peer.list_all_tools().await? } else { Vec::new() };
+        let prompts = if capabilities.prompts.is_some() { peer.list_all_prompts().await? } else { Vec::new() };
+        let (resources, templates) = if capabilities.resources.is_some() {
+            (peer.list_all_resources().await?, peer.list_all_resource_templates().await?)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok::<_, rmcp::service::ServiceError>(UpstreamListing {
+            upstream: name.clone(),
+            tool_prefix: upstream.settings().tool_prefix.clone(),
+            tools,
+            prompts,
+            resources,
+            templates,
+        })
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(listing)) => Ok(listing),
+        Ok(Err(error)) => Err(upstream::Error::Unavailable { upstream: name, reason: format!("listing failed: {error}") }),
+        Err(_) => Err(upstream::Error::Timeout { upstream: name, timeout }),
+    }
+}

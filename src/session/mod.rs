@@ -1,0 +1,115 @@
+//! Sessions: binds each MCP session id to the principal that created it.
+//!
+//! rmcp owns the session lifecycle (ids from a CSPRNG — UUID v4 from the OS RNG —, idle
+//! expiry, DELETE). This module adds the security rule on top: a session id may only be used
+//! by the same principal (issuer and subject) that initialized it. A request presenting a
+//! session bound to someone else is answered as if the session did not exist (404), so
+//! session ids cannot be probed. Bindings expire with the session's idle timeout.
+//!
+//! Today the store is in memory (one process); the Redis-backed store for several replicas
+//! implements the same [`SessionBindings`] API.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// Result of checking a session id against the presenting principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// The session is bound to this principal.
+    Owned,
+    /// The session is bound to another principal.
+    Foreign,
+    /// No binding (unknown, expired, or not yet initialized): rmcp decides (404).
+    Unbound,
+}
+
+/// In-memory session → principal bindings with idle expiry.
+#[derive(Debug)]
+pub struct SessionBindings {
+    idle_timeout: Duration,
+    entries: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+// === impl SessionBindings ===
+
+impl SessionBindings {
+    /// Bindings that lapse after `idle_timeout` without use (match the session idle timeout).
+    pub fn new(idle_timeout: Duration) -> Self {
+        Self { idle_timeout, entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// Binds `session_id` to the principal `key` ([`crate::auth::Principal::binding_key`]).
+    pub fn bind(&self, session_id: &str, key: String) {
+        let mut entries = self.lock();
+        let now = Instant::now();
+        if entries.len() % 1024 == 1023 {
+            // Amortized sweep of lapsed bindings.
+            entries.retain(|_, (_, seen)| now.duration_since(*seen) < self.idle_timeout);
+        }
+        entries.insert(session_id.to_owned(), (key, now));
+    }
+
+    /// Checks `session_id` for principal `key`, refreshing its idle timer when owned.
+    pub fn check(&self, session_id: &str, key: &str) -> Binding {
+        let mut entries = self.lock();
+        let now = Instant::now();
+        match entries.get_mut(session_id) {
+            Some((_, seen)) if now.duration_since(*seen) >= self.idle_timeout => {
+                entries.remove(session_id);
+                Binding::Unbound
+            }
+            Some((owner, seen)) if owner == key => {
+                *seen = now;
+                Binding::Owned
+            }
+            Some(_) => Binding::Foreign,
+            None => Binding::Unbound,
+        }
+    }
+
+    /// Removes a binding (session deleted).
+    pub fn unbind(&self, session_id: &str) {
+        self.lock().remove(session_id);
+    }
+
+    /// Number of bound sessions.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no session is bound.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_binding_principal_owns_the_session() {
+        let bindings = SessionBindings::new(Duration::from_secs(60));
+        bindings.bind("s1", "iss\u{1f}alice".into());
+        assert_eq!(bindings.check("s1", "iss\u{1f}alice"), Binding::Owned);
+        assert_eq!(bindings.check("s1", "iss\u{1f}mallory"), Binding::Foreign);
+        assert_eq!(bindings.check("s2", "iss\u{1f}alice"), Binding::Unbound);
+        bindings.unbind("s1");
+        assert_eq!(bindings.check("s1", "iss\u{1f}mallory"), Binding::Unbound);
+    }
+
+    #[test]
+    fn lapsed_bindings_are_forgotten() {
+        let bindings = SessionBindings::new(Duration::ZERO);
+        bindings.bind("s1", "a".into());
+        assert_eq!(bindings.check("s1", "a"), Binding::Unbound);
+        assert!(bindings.is_empty());
+    }
+}

@@ -1,0 +1,340 @@
+//! Transport: the HTTP face of the gateway. `/mcp` speaks MCP streamable HTTP (revisions
+//! 2025-03-26, 2025-06-18, 2025-11-25 and, as far as rmcp 3.9 implements it, 2026-07-28);
+//! `/.well-known/*` publishes OAuth metadata; `/healthz` answers liveness.
+//!
+//! Every request to `/mcp` passes these steps, in this order, before rmcp sees it:
+//! 1. **Host and Origin allow-lists** (DNS-rebinding defence, MCP 2025-11-25
+//!    basic/transports §Security): first, so a hostile page learns nothing, not even
+//!    whether it would need a token. Bad Host or Origin → 403.
+//! 2. **Authentication** ([`crate::auth`]): no or bad token → 401 with a `WWW-Authenticate`
+//!    challenge naming the RFC 9728 metadata.
+//! 3. **Session binding** ([`crate::session`]): a session id created by another principal
+//!    → 404, as if it did not exist.
+//! 4. **Body** (POST): over the cap → 413; not JSON → 400 with JSON-RPC `-32700`; a batch →
+//!    400 `-32600`.
+//! 5. **Scope step-up**: a call whose kind the token's scopes cannot reach → 403
+//!    `insufficient_scope` naming the scopes needed (RFC 6750 §3.1).
+//!
+//! rmcp then validates Accept, Content-Type, `MCP-Protocol-Version` and the session, and
+//! runs the [`crate::router`]. Its Host/Origin checks run again with the same lists.
+
+mod metadata;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{any, get},
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use rmcp::transport::streamable_http_server::{
+    StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    auth::{self, ResourceServer, issuer::EmbeddedIssuer},
+    config::Settings,
+    policy::TargetKind,
+    router::{Gateway, SessionHandler},
+    session::{Binding, SessionBindings},
+};
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Everything the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    settings: Arc<Settings>,
+    gateway: Arc<Gateway>,
+    resource_server: Arc<ResourceServer>,
+    issuer: Arc<EmbeddedIssuer>,
+    bindings: Arc<SessionBindings>,
+    mcp: Arc<StreamableHttpService<SessionHandler, LocalSessionManager>>,
+}
+
+// === impl AppState ===
+
+impl AppState {
+    /// Builds the transport state; `cancel` ends all MCP sessions when triggered.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        resource_server: Arc<ResourceServer>,
+        issuer: Arc<EmbeddedIssuer>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        let settings = gateway.settings.clone();
+        let mut sessions = LocalSessionManager::default();
+        sessions.session_config.keep_alive = Some(settings.session_idle_timeout);
+        let config = StreamableHttpServerConfig::default()
+            .with_allowed_hosts(settings.allowed_hosts.clone())
+            .with_allowed_origins(settings.allowed_origins.clone())
+            .with_max_request_body_bytes(settings.max_body_bytes)
+            .with_cancellation_token(cancel);
+        let factory_gateway = gateway.clone();
+        let mcp = StreamableHttpService::new(
+            move || Ok(SessionHandler::new(factory_gateway.clone())),
+            Arc::new(sessions),
+            config,
+        );
+        // Bindings outlive the session's idle timeout so an idle binding never lapses
+        // before rmcp closes the session itself.
+        let bindings = Arc::new(SessionBindings::new(settings.session_idle_timeout * 2));
+        Self { settings, gateway, resource_server, issuer, bindings, mcp: Arc::new(mcp) }
+    }
+
+    /// Session bindings (for metrics and tests).
+    pub fn bindings(&self) -> &Arc<SessionBindings> {
+        &self.bindings
+    }
+}
+
+/// The gateway's HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/mcp", any(mcp_entry))
+        .route("/.well-known/oauth-protected-resource", get(metadata::protected_resource))
+        .route("/.well-known/oauth-protected-resource/mcp", get(metadata::protected_resource))
+        .route("/.well-known/oauth-authorization-server", get(metadata::authorization_server))
+        .route("/.well-known/jwks.json", get(metadata::jwks))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// The five steps of the module docs, then rmcp.
+async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response {
+    // 1. Host and Origin, before anything else.
+    if let Err(reason) = check_host_and_origin(&state.settings, request.headers()) {
+        tracing::warn!(reason, "request refused by Host/Origin allow-list");
+        return json_rpc_error(StatusCode::FORBIDDEN, -32000, &format!("Forbidden: {reason}"), Value::Null);
+    }
+    // 2. Authentication.
+    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let principal = match state.resource_server.authenticate(authorization) {
+        Ok(principal) => principal,
+        Err(error) => return unauthorized(&state.settings, error),
+    };
+    // 3. Session binding.
+    let session_id = request.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(id) = &session_id {
+        match state.bindings.check(id, &principal.binding_key()) {
+            Binding::Owned => {}
+            Binding::Foreign => {
+                tracing::warn!(subject = %principal.subject, "session presented by a principal that does not own it");
+                return json_rpc_error(StatusCode::NOT_FOUND, -32001, "Session not found", Value::Null);
+            }
+            Binding::Unbound => {
+                return json_rpc_error(StatusCode::NOT_FOUND, -32001, "Session not found", Value::Null);
+            }
+        }
+    }
+    let method = request.method().clone();
+    let (mut parts, body) = request.into_parts();
+    let mut is_initialize = false;
+    let body = if method == Method::POST {
+        // 4. Body cap and JSON.
+        let bytes = match Limited::new(body, state.settings.max_body_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                let message = format!("request body exceeds {} bytes", state.settings.max_body_bytes);
+                return json_rpc_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, &message, Value::Null);
+            }
+            Err(_) => return json_rpc_error(StatusCode::BAD_REQUEST, -32700, "Parse error: body could not be read", Value::Null),
+        };
+        let envelope = match parse_envelope(&bytes) {
+            Ok(envelope) => envelope,
+            Err(response) => return *response,
+        };
+        is_initialize = envelope.method.as_deref() == Some("initialize");
+        // 5. Scope step-up for calls.
+        if let Some(kind) = envelope.call_kind()
+            && let Some(missing) = state.gateway.policy.missing_scopes_for_kind(&principal, kind)
+        {
+            return insufficient_scope(&state.settings, &missing, envelope.id.unwrap_or(Value::Null));
+        }
+        Body::from(bytes)
+    } else {
+        body
+    };
+    let binding_key = principal.binding_key();
+    parts.extensions.insert(principal);
+    let response = state.mcp.handle(Request::from_parts(parts, body)).await;
+    let (parts, body) = response.into_parts();
+    if is_initialize
+        && session_id.is_none()
+        && let Some(new_id) = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
+    {
+        state.bindings.bind(new_id, binding_key);
+    }
+    if method == Method::DELETE
+        && parts.status.is_success()
+        && let Some(id) = &session_id
+    {
+        state.bindings.unbind(id);
+    }
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// The JSON-RPC envelope fields the transport needs.
+#[derive(Deserialize)]
+struct Envelope {
+    id: Option<Value>,
+    method: Option<String>,
+    params: Option<EnvelopeParams>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeParams {
+    #[serde(rename = "ref")]
+    reference: Option<EnvelopeRef>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeRef {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+impl Envelope {
+    /// The target kind a call-type method needs, `None` for lists and everything else.
+    fn call_kind(&self) -> Option<TargetKind> {
+        match self.method.as_deref()? {
+            "tools/call" => Some(TargetKind::Tool),
+            "prompts/get" => Some(TargetKind::Prompt),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some(TargetKind::Resource),
+            "completion/complete" => {
+                match self.params.as_ref()?.reference.as_ref()?.kind.as_deref()? {
+                    "ref/prompt" => Some(TargetKind::Prompt),
+                    "ref/resource" => Some(TargetKind::Resource),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+fn parse_envelope(bytes: &Bytes) -> Result<Envelope, Box<Response>> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|error| {
+        let message = format!("Parse error: {error}");
+        Box::new(json_rpc_error(StatusCode::BAD_REQUEST, -32700, &message, Value::Null))
+    })?;
+    match value {
+        Value::Object(_) => serde_json::from_value(value).map_err(|_| {
+            Box::new(json_rpc_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: not a JSON-RPC 2.0 message", Value::Null))
+        }),
+        Value::Array(_) => Err(Box::new(json_rpc_error(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            "Invalid Request: JSON-RPC batches are not supported; send one message per request",
+            Value::Null,
+        ))),
+        _ => Err(Box::new(json_rpc_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: not a JSON-RPC 2.0 message", Value::Null))),
+    }
+}
+
+/// A JSON-RPC error response with an HTTP status.
+fn json_rpc_error(status: StatusCode, code: i64, message: &str, id: Value) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn unauthorized(settings: &Settings, error: auth::Error) -> Response {
+    tracing::info!(reason = error.reason(), "token refused");
+    let scope = settings.auth.scopes_supported.join(" ");
+    // RFC 6750 §3.1: no error code when the request carried no credentials.
+    let code = (error != auth::Error::Missing).then_some("invalid_token");
+    let challenge = auth::challenge(&settings.resource_metadata_url(), code, Some(&scope));
+    let body = match code {
+        Some(code) => json!({"error": code, "error_description": error.to_string()}),
+        None => json!({"error": "invalid_request", "error_description": error.to_string()}),
+    };
+    let mut response = (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+fn insufficient_scope(settings: &Settings, missing: &[&str], id: Value) -> Response {
+    let scope = missing.join(" ");
+    let challenge = auth::challenge(&settings.resource_metadata_url(), Some("insufficient_scope"), Some(&scope));
+    let message = format!("insufficient_scope: this call needs scope {scope}");
+    let mut response = json_rpc_error(StatusCode::FORBIDDEN, -32003, &message, id);
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// Checks `Host` and `Origin` against the configured allow-lists.
+fn check_host_and_origin(settings: &Settings, headers: &http::HeaderMap) -> Result<(), &'static str> {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).ok_or("missing Host header")?;
+    if !host_allowed(host, &settings.allowed_hosts) {
+        return Err("Host header is not allowed");
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().map_err(|_| "invalid Origin header")?;
+        if !origin_allowed(origin, &settings.allowed_origins) {
+            return Err("Origin header is not allowed");
+        }
+    }
+    Ok(())
+}
+
+fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // [v6]:port
+        return match rest.split_once(']') {
+            Some((host, port)) => (host, port.strip_prefix(':')),
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, Some(port)),
+        _ => (authority, None),
+    }
+}
+
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let (name, _) = split_host_port(host);
+    allowed.iter().any(|entry| {
+        let entry_name = entry.trim_start_matches('[').trim_end_matches(']');
+        entry.eq_ignore_ascii_case(host) || (!entry.contains("]:") && split_host_port(entry).1.is_none() && entry_name.eq_ignore_ascii_case(name))
+    })
+}
+
+fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    let Ok(url) = url::Url::parse(origin) else { return false };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return false };
+    allowed.iter().any(|entry| {
+        let Some((scheme, rest)) = entry.split_once("://") else { return false };
+        let (entry_host, entry_port) = split_host_port(rest);
+        let entry_host = entry_host.trim_start_matches('[').trim_end_matches(']');
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        scheme.eq_ignore_ascii_case(url.scheme())
+            && entry_host.eq_ignore_ascii_case(host)
+            && match entry_port {
+                Some("*") => true,
+                Some(p) => p.parse::<u16>().ok() == Some(port),
+                None => Some(port) == default_port(scheme),
+            }
+    })
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
