@@ -1,0 +1,106 @@
+//! Configuration loading: precedence, unknown keys, validation.
+
+use std::{collections::HashMap, io::Write};
+
+use super::*;
+
+fn write(contents: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(contents.as_bytes()).unwrap();
+    file
+}
+
+fn settings(file: Option<&str>, env: &[(&str, &str)], overrides: Overrides) -> Result<Settings, Error> {
+    let env: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let file = file.map(write);
+    let config = Config::load(file.as_ref().map(|f| f.path()), &env, &overrides)?;
+    Settings::from_config(config, &env)
+}
+
+#[test]
+fn defaults_are_loopback_with_derived_resource() {
+    let s = settings(None, &[], Overrides::default()).unwrap();
+    assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(s.resource, "http://127.0.0.1:8080/mcp");
+    assert_eq!(s.auth.issuer, "http://127.0.0.1:8080");
+    assert_eq!(s.max_body_bytes, 4 * 1024 * 1024);
+    assert!(s.allowed_hosts.contains(&"localhost".to_owned()));
+    assert!(s.upstreams.is_empty());
+}
+
+#[test]
+fn unknown_key_names_key_and_file() {
+    let file = write("listen = \"127.0.0.1:9000\"\nlisten_adress = \"x\"\n");
+    let error = Config::load(Some(file.path()), &HashMap::new(), &Overrides::default()).unwrap_err().to_string();
+    assert!(error.contains("listen_adress"), "{error}");
+    assert!(error.contains(&file.path().display().to_string()), "{error}");
+    let nested = write("[[upstream]]\nname = \"a\"\nurl = \"http://a/mcp\"\ntimeout = \"5s\"\n");
+    let error = Config::load(Some(nested.path()), &HashMap::new(), &Overrides::default()).unwrap_err().to_string();
+    assert!(error.contains("timeout"), "{error}");
+}
+
+#[test]
+fn precedence_is_defaults_file_env_flags() {
+    let file = "listen = \"127.0.0.1:9000\"\nmax_body_bytes = 100\n[auth]\nleeway = \"10s\"\n";
+    let s = settings(Some(file), &[], Overrides::default()).unwrap();
+    assert_eq!(s.listen.port(), 9000);
+    assert_eq!(s.max_body_bytes, 100);
+    let env = [("PORTCULLIS_LISTEN", "127.0.0.1:9100"), ("PORTCULLIS_AUTH__LEEWAY", "20s"), ("UNRELATED", "x")];
+    let s = settings(Some(file), &env, Overrides::default()).unwrap();
+    assert_eq!(s.listen.port(), 9100);
+    assert_eq!(s.auth.leeway, Duration::from_secs(20));
+    let flags = Overrides { listen: Some("127.0.0.1:9200".parse().unwrap()), ..Overrides::default() };
+    let s = settings(Some(file), &env, flags).unwrap();
+    assert_eq!(s.listen.port(), 9200);
+}
+
+#[test]
+fn flag_upstreams_add_to_file_upstreams_with_default_prefix() {
+    let file = "[[upstream]]\nname = \"files\"\nurl = \"http://127.0.0.1:1/mcp\"\ntool_prefix = \"\"\n";
+    let flags = Overrides { upstreams: vec![("gh".into(), Url::parse("http://127.0.0.1:2/mcp").unwrap())], ..Overrides::default() };
+    let s = settings(Some(file), &[], flags).unwrap();
+    let names: Vec<_> = s.upstreams.iter().map(|u| (u.name.as_str(), u.tool_prefix.as_str())).collect();
+    assert_eq!(names, vec![("files", ""), ("gh", "gh__")]);
+    assert_eq!(s.upstreams[0].request_timeout, Duration::from_secs(60));
+}
+
+#[test]
+fn credential_comes_from_env_and_missing_env_is_an_error() {
+    use secrecy::ExposeSecret;
+    let file = "[[upstream]]\nname = \"gh\"\nurl = \"https://gh.example/mcp\"\n[upstream.credential]\nenv = \"GH_TOKEN\"\nprefix = \"Bearer \"\n";
+    let s = settings(Some(file), &[("GH_TOKEN", "s3cret")], Overrides::default()).unwrap();
+    let credential = s.upstreams[0].credential.as_ref().unwrap();
+    assert_eq!(credential.header.as_str(), "authorization");
+    assert_eq!(credential.value.expose_secret(), "Bearer s3cret");
+    assert!(!format!("{s:?}").contains("s3cret"), "secret leaked into Debug output");
+    let error = settings(Some(file), &[], Overrides::default()).unwrap_err().to_string();
+    assert!(error.contains("GH_TOKEN") && error.contains("upstream[0].credential.env"), "{error}");
+}
+
+#[test]
+fn invalid_values_are_named() {
+    let dup = "[[upstream]]\nname = \"a\"\nurl = \"http://x/mcp\"\n[[upstream]]\nname = \"a\"\nurl = \"http://y/mcp\"\n";
+    assert!(settings(Some(dup), &[], Overrides::default()).unwrap_err().to_string().contains("duplicate upstream name"));
+    let bad_name = "[[upstream]]\nname = \"a b\"\nurl = \"http://x/mcp\"\n";
+    assert!(settings(Some(bad_name), &[], Overrides::default()).unwrap_err().to_string().contains("upstream[0].name"));
+    let bad_scheme = "[[upstream]]\nname = \"a\"\nurl = \"ftp://x/mcp\"\n";
+    assert!(settings(Some(bad_scheme), &[], Overrides::default()).unwrap_err().to_string().contains("upstream[0].url"));
+    let leeway = "[auth]\nleeway = \"5m\"\n";
+    assert!(settings(Some(leeway), &[], Overrides::default()).unwrap_err().to_string().contains("auth.leeway"));
+}
+
+#[test]
+fn public_url_sets_resource_and_allow_lists() {
+    let flags = Overrides { public_url: Some(Url::parse("https://mcp.example.com/").unwrap()), ..Overrides::default() };
+    let s = settings(None, &[], flags).unwrap();
+    assert_eq!(s.resource, "https://mcp.example.com/mcp");
+    assert_eq!(s.resource_metadata_url(), "https://mcp.example.com/.well-known/oauth-protected-resource/mcp");
+    assert!(s.allowed_hosts.contains(&"mcp.example.com".to_owned()));
+    assert!(s.allowed_origins.contains(&"https://mcp.example.com:443".to_owned()));
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let error = Config::load(Some(std::path::Path::new("/nonexistent/portcullis.toml")), &HashMap::new(), &Overrides::default());
+    assert!(error.unwrap_err().to_string().contains("does not exist"));
+}

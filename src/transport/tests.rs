@@ -1,0 +1,201 @@
+//! Router-level tests of the transport steps, driven with `oneshot` (no upstreams needed).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+use crate::{
+    auth::issuer::{SigningKey, TokenRequest},
+    catalog::CatalogStore,
+    config::{Config, Overrides},
+    policy::Policy,
+};
+
+struct Harness {
+    app: Router,
+    issuer: Arc<EmbeddedIssuer>,
+    _dir: tempfile::TempDir,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = Overrides { data_dir: Some(dir.path().to_owned()), ..Overrides::default() };
+    let mut config = Config::load(None, &HashMap::new(), &overrides).unwrap();
+    config.max_body_bytes = 1024;
+    let settings = Arc::new(Settings::from_config(config, &HashMap::new()).unwrap());
+    let key = SigningKey::load_or_generate(dir.path()).unwrap();
+    let issuer = Arc::new(EmbeddedIssuer::new(key, settings.auth.issuer.clone(), settings.resource.clone(), Duration::from_secs(3600)));
+    let resource_server = Arc::new(ResourceServer::new(issuer.clone(), &settings.resource, Duration::from_secs(30), Duration::from_secs(3600)));
+    let gateway = Arc::new(Gateway {
+        settings,
+        policy: Policy::default(),
+        catalog: Arc::new(CatalogStore::new(vec![])),
+        upstreams: HashMap::new(),
+        list_changed: tokio::sync::broadcast::channel(4).0,
+    });
+    let state = AppState::new(gateway, resource_server, issuer.clone(), tokio_util::sync::CancellationToken::new());
+    Harness { app: app(state), issuer, _dir: dir }
+}
+
+impl Harness {
+    fn token(&self, subject: &str, scopes: &[&str]) -> String {
+        let request = TokenRequest { subject: subject.into(), scopes: scopes.iter().map(|s| (*s).to_owned()).collect(), ttl: Duration::from_secs(60), client_id: None };
+        self.issuer.mint(&request).unwrap()
+    }
+
+    async fn post(&self, token: Option<&str>, session: Option<&str>, body: impl Into<Body>, extra: &[(&str, &str)]) -> (StatusCode, http::HeaderMap, String) {
+        let mut request = Request::post("/mcp")
+            .header("host", "127.0.0.1:8080")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        for (k, v) in extra {
+            request = request.header(*k, *v);
+        }
+        let response = self.app.clone().oneshot(request.body(body.into()).unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+fn initialize() -> String {
+    json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}).to_string()
+}
+
+fn error_code(body: &str) -> i64 {
+    let value: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    value["error"]["code"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn missing_token_gets_401_with_resource_metadata_and_scope() {
+    let h = harness();
+    let (status, headers, _) = h.post(None, None, initialize(), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let challenge = headers["www-authenticate"].to_str().unwrap();
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    assert!(challenge.contains(r#"resource_metadata="http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp""#), "{challenge}");
+    assert!(challenge.contains(r#"scope="mcp:tools mcp:resources mcp:prompts""#), "{challenge}");
+    assert!(!challenge.contains("error="), "no error code without credentials (RFC 6750 §3.1)");
+}
+
+#[tokio::test]
+async fn bad_token_gets_invalid_token_and_is_not_echoed() {
+    let h = harness();
+    let (status, headers, body) = h.post(Some("eyJhbGciOiJub25lIn0.e30."), None, initialize(), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers["www-authenticate"].to_str().unwrap().contains(r#"error="invalid_token""#));
+    assert!(!body.contains("eyJhbGciOiJub25lIn0"), "token echoed: {body}");
+}
+
+#[tokio::test]
+async fn bad_origin_and_host_get_403_before_authentication() {
+    let h = harness();
+    let (status, _, body) = h.post(None, None, initialize(), &[("origin", "http://evil.example.com")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(error_code(&body), -32000);
+    let token = h.token("alice", &["mcp:tools"]);
+    let (status, _, _) = h.post(Some(&token), None, initialize(), &[("origin", "http://127.0.0.1:3000")]).await;
+    assert_eq!(status, StatusCode::OK, "loopback origin on any port is allowed");
+    let request = Request::post("/mcp").header("host", "evil.example.com").body(Body::from(initialize())).unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn oversized_body_gets_413_and_malformed_json_400() {
+    let h = harness();
+    let token = h.token("alice", &["mcp:tools"]);
+    let (status, _, body) = h.post(Some(&token), None, "x".repeat(2048), &[]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(&body), -32600);
+    let (status, _, body) = h.post(Some(&token), None, "{\"jsonrpc\": \"2.0\", ", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), -32700);
+    let (status, _, body) = h.post(Some(&token), None, "[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}]", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), -32600);
+}
+
+#[tokio::test]
+async fn call_without_scope_gets_403_insufficient_scope_naming_the_scope() {
+    let h = harness();
+    let token = h.token("alice", &["mcp:resources"]);
+    let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x__y"}}).to_string();
+    let (status, headers, body) = h.post(Some(&token), None, call, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let challenge = headers["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains(r#"error="insufficient_scope""#) && challenge.contains(r#"scope="mcp:tools""#), "{challenge}");
+    let value: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(value["id"], 7);
+    let complete = json!({"jsonrpc":"2.0","id":8,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p"},"argument":{"name":"a","value":"b"}}}).to_string();
+    let (status, headers, _) = h.post(Some(&token), None, complete, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers["www-authenticate"].to_str().unwrap().contains(r#"scope="mcp:prompts""#));
+}
+
+#[tokio::test]
+async fn session_is_bound_to_its_subject() {
+    let h = harness();
+    let alice = h.token("alice", &["mcp:tools"]);
+    let (status, headers, _) = h.post(Some(&alice), None, initialize(), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let ping = json!({"jsonrpc":"2.0","id":2,"method":"ping"}).to_string();
+    let (status, _, _) = h.post(Some(&alice), Some(&session), ping.clone(), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let mallory = h.token("mallory", &["mcp:tools"]);
+    let (status, _, body) = h.post(Some(&mallory), Some(&session), ping.clone(), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), -32001);
+    // Alice's session still works after the attempt.
+    let (status, _, _) = h.post(Some(&alice), Some(&session), ping, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metadata_documents_are_published() {
+    let h = harness();
+    for path in ["/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"] {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = h.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["resource"], "http://127.0.0.1:8080/mcp");
+        assert_eq!(body["authorization_servers"][0], "http://127.0.0.1:8080");
+    }
+    let request = Request::get("/.well-known/jwks.json").body(Body::empty()).unwrap();
+    let body: Value = serde_json::from_slice(&h.app.clone().oneshot(request).await.unwrap().into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["keys"][0]["kty"], "EC");
+    assert!(body["keys"][0].get("d").is_none(), "private key component published");
+    let request = Request::get("/.well-known/oauth-authorization-server").body(Body::empty()).unwrap();
+    let body: Value = serde_json::from_slice(&h.app.clone().oneshot(request).await.unwrap().into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["issuer"], "http://127.0.0.1:8080");
+}
+
+#[test]
+fn host_and_origin_matching() {
+    let hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "[::1]".to_owned(), "gw.example.com:8443".to_owned()];
+    assert!(host_allowed("127.0.0.1:9999", &hosts));
+    assert!(host_allowed("[::1]:80", &hosts));
+    assert!(host_allowed("gw.example.com:8443", &hosts));
+    assert!(!host_allowed("gw.example.com:8444", &hosts));
+    assert!(!host_allowed("evil.example.com", &hosts));
+    let origins = vec!["http://localhost:*".to_owned(), "https://gw.example.com:443".to_owned()];
+    assert!(origin_allowed("http://localhost:6274", &origins));
+    assert!(origin_allowed("https://gw.example.com", &origins));
+    assert!(!origin_allowed("http://gw.example.com", &origins));
+    assert!(!origin_allowed("https://localhost:6274", &origins));
+    assert!(!origin_allowed("null", &origins));
+}
