@@ -1,0 +1,258 @@
+//! Shared harness for the end-to-end tests: real upstream processes (the project's
+//! conformance fixture), the real gateway on port 0, and real MCP clients.
+
+// Sampling is deprecated by SEP-2577 for 2026-07-28 but earlier revisions use it; the tests
+// exercise its relay.
+#![allow(deprecated, dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use portcullis::{
+    auth::issuer::TokenRequest,
+    config::{Config, Overrides, Settings, UpstreamConfig},
+};
+use rmcp::{
+    ClientHandler, RoleClient,
+    model::{
+        ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
+        ElicitResult, ElicitationAction, Implementation, ProgressNotificationParam, SamplingMessage,
+    },
+    service::{NotificationContext, RequestContext, RunningService},
+    transport::{StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig},
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    net::TcpListener,
+    process::{Child, Command},
+    sync::oneshot,
+};
+
+pub const ALL_SCOPES: &[&str] = &["mcp:tools", "mcp:resources", "mcp:prompts"];
+
+/// The cargo target directory holding this test binary (`…/debug`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// Root of the repository.
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where `scripts/install-peers.sh` put the Python and Node peers.
+pub fn peers_dir() -> PathBuf {
+    std::env::var_os("PORTCULLIS_PEERS_DIR").map(PathBuf::from).unwrap_or_else(|| repo_dir().join(".peers"))
+}
+
+/// A peer program the test needs; fails the test with the fix when absent.
+pub fn require_peer(path: &Path) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash scripts/install-peers.sh` (README, \"Tests\") to install the real MCP peers",
+        path.display()
+    );
+    path.to_owned()
+}
+
+/// The conformance fixture upstream, a separate process.
+pub struct Fixture {
+    pub child: Child,
+    pub url: String,
+    pub addr: String,
+}
+
+impl Fixture {
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let binary = target_dir().join("examples").join("conformance_fixture");
+        assert!(binary.exists(), "{} not built (cargo test builds examples)", binary.display());
+        let mut command = Command::new(binary);
+        command.args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn fixture");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("fixture did not start in 20 s")
+            .unwrap()
+            .expect("fixture exited");
+        let url = line.strip_prefix("listening on ").expect("fixture banner").trim().to_owned();
+        let addr = url.trim_start_matches("http://").trim_end_matches("/mcp").to_owned();
+        // Keep draining stdout so the fixture never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, url, addr }
+    }
+
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+    }
+}
+
+/// One upstream entry for [`Gateway::start`].
+pub struct UpstreamSpec {
+    pub name: String,
+    pub url: String,
+    pub prefix: Option<String>,
+    pub request_timeout: Duration,
+}
+
+impl UpstreamSpec {
+    pub fn new(name: &str, url: &str) -> Self {
+        Self { name: name.into(), url: url.into(), prefix: None, request_timeout: Duration::from_secs(20) }
+    }
+
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+}
+
+/// The gateway, in process, on a loopback port.
+pub struct Gateway {
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+    pub settings: Settings,
+    pub data_dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn settings_for(addr: std::net::SocketAddr, data_dir: &Path, upstreams: Vec<UpstreamSpec>) -> Settings {
+    let overrides = Overrides { listen: Some(addr), data_dir: Some(data_dir.to_owned()), ..Overrides::default() };
+    let mut config = Config::load(None, &HashMap::new(), &overrides).unwrap();
+    for spec in upstreams {
+        let mut upstream = UpstreamConfig::new(spec.name, spec.url.parse().unwrap());
+        upstream.tool_prefix = spec.prefix;
+        upstream.request_timeout = spec.request_timeout;
+        upstream.connect_timeout = Duration::from_secs(3);
+        config.upstream.push(upstream);
+    }
+    Settings::from_config(config, &HashMap::new()).unwrap()
+}
+
+impl Gateway {
+    pub async fn start(upstreams: Vec<UpstreamSpec>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data_dir = tempfile::tempdir().unwrap();
+        let settings = settings_for(addr, data_dir.path(), upstreams);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(portcullis::run(settings.clone(), listener, async move {
+            let _ = stopped.await;
+        }));
+        let gateway = Self { url: format!("http://{addr}/mcp"), addr, settings, data_dir, stop: Some(stop), task };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client.get(format!("http://{}/healthz", self.addr)).send().await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gateway did not become healthy");
+    }
+
+    pub fn token(&self, subject: &str, scopes: &[&str]) -> String {
+        let issuer = portcullis::embedded_issuer(&self.settings).unwrap();
+        let request = TokenRequest {
+            subject: subject.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ttl: Duration::from_secs(300),
+            client_id: Some("tests".into()),
+        };
+        issuer.mint(&request).unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+}
+
+/// What a test MCP client saw.
+#[derive(Default, Debug)]
+pub struct Seen {
+    pub progress: Vec<ProgressNotificationParam>,
+    pub log_messages: Vec<serde_json::Value>,
+    pub sampling_requests: usize,
+    pub elicitation_requests: usize,
+    pub tools_list_changed: usize,
+}
+
+/// An rmcp client that answers sampling and elicitation and records notifications.
+#[derive(Clone, Default)]
+pub struct TestClient {
+    pub seen: Arc<Mutex<Seen>>,
+}
+
+impl ClientHandler for TestClient {
+    async fn create_message(
+        &self,
+        _params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, rmcp::ErrorData> {
+        self.seen.lock().unwrap().sampling_requests += 1;
+        Ok(CreateMessageResult::new(SamplingMessage::assistant_text("sampled by the test client"), "test-model".into()))
+    }
+
+    async fn create_elicitation(
+        &self,
+        _request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, rmcp::ErrorData> {
+        self.seen.lock().unwrap().elicitation_requests += 1;
+        Ok(ElicitResult::new(ElicitationAction::Accept).with_content(serde_json::json!({"username": "ada", "email": "ada@example.com"})))
+    }
+
+    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
+        self.seen.lock().unwrap().progress.push(params);
+    }
+
+    #[allow(deprecated)]
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.seen.lock().unwrap().log_messages.push(params.data);
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.seen.lock().unwrap().tools_list_changed += 1;
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        let capabilities = ClientCapabilities::builder().enable_elicitation().enable_sampling().build();
+        ClientConfig::new(capabilities, Implementation::new("portcullis-tests", "0"))
+    }
+}
+
+/// Connects an rmcp client to `url` with a bearer token.
+pub async fn connect(url: &str, token: &str) -> anyhow::Result<(RunningService<RoleClient, TestClient>, TestClient)> {
+    let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned());
+    let transport = StreamableHttpClientTransport::from_config(config);
+    let client = TestClient::default();
+    let service = rmcp::serve_client(client.clone(), transport).await?;
+    Ok((service, client))
+}

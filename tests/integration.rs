@@ -1,0 +1,275 @@
+//! End-to-end tests: the real gateway on port 0 in front of real upstream processes (the
+//! project's conformance fixture), reached by real MCP clients (rmcp, the Python SDK).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ALL_SCOPES, Fixture, Gateway, UpstreamSpec, connect};
+use rmcp::model::{CallToolRequestParams, GetPromptRequestParams, ReadResourceRequestParams};
+use serde_json::{Value, json};
+
+fn call(name: &str, arguments: Value) -> CallToolRequestParams {
+    let mut params = CallToolRequestParams::new(name.to_owned());
+    params.arguments = arguments.as_object().cloned();
+    params
+}
+
+fn text_of(result: &rmcp::model::CallToolResult) -> String {
+    serde_json::to_value(&result.content).unwrap()[0]["text"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn rmcp_client_reaches_tools_resources_and_prompts_through_the_gateway() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let (client, _) = connect(&gateway.url, &gateway.token("alice", ALL_SCOPES)).await.unwrap();
+
+    let tools = client.peer().list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| &*t.name).collect();
+    assert!(names.contains(&"fx__test_simple_text"), "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("fx__")), "unprefixed tool leaked: {names:?}");
+
+    let result = client.peer().call_tool(call("fx__test_simple_text", json!({}))).await.unwrap();
+    assert_eq!(text_of(&result), "This is a simple text response for testing.");
+    let echo = client.peer().call_tool(call("fx__echo", json!({"text": "héllo"}))).await.unwrap();
+    assert_eq!(text_of(&echo), "héllo");
+
+    let read = client.peer().read_resource(ReadResourceRequestParams::new("test://static-text")).await.unwrap();
+    let read = serde_json::to_value(read).unwrap();
+    assert!(read.to_string().contains("This is the content of the static text resource."), "{read}");
+    let templated = client.peer().read_resource(ReadResourceRequestParams::new("test://template/123/data")).await.unwrap();
+    assert!(serde_json::to_value(templated).unwrap().to_string().contains("123"));
+
+    let mut prompt = GetPromptRequestParams::new("fx__test_prompt_with_arguments");
+    prompt.arguments = json!({"arg1": "one", "arg2": "two"}).as_object().cloned();
+    let prompt = client.peer().get_prompt(prompt).await.unwrap();
+    assert!(serde_json::to_value(prompt).unwrap().to_string().contains("arg1='one'"));
+
+    client.cancel().await.unwrap();
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_and_hidden_tools_answer_identically() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let (client, _) = connect(&gateway.url, &gateway.token("alice", ALL_SCOPES)).await.unwrap();
+    let error = client.peer().call_tool(call("fx__no_such_tool", json!({}))).await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("Unknown tool: fx__no_such_tool"), "{text}");
+    // The upstream's own name, unprefixed, is not routable either.
+    let error = client.peer().call_tool(call("test_simple_text", json!({}))).await.unwrap_err();
+    assert!(error.to_string().contains("Unknown tool: test_simple_text"));
+    client.cancel().await.unwrap();
+
+    // Without mcp:resources the resource list is empty (filtered, not an error).
+    let (client, _) = connect(&gateway.url, &gateway.token("bob", &["mcp:tools"])).await.unwrap();
+    assert!(client.peer().list_all_resources().await.unwrap().is_empty());
+    assert!(client.peer().list_all_prompts().await.unwrap().is_empty());
+    assert!(!client.peer().list_all_tools().await.unwrap().is_empty());
+    client.cancel().await.unwrap();
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn server_to_client_requests_and_notifications_are_relayed_to_the_right_session() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url).prefix("")]).await;
+    let token = gateway.token("alice", ALL_SCOPES);
+    let (first, first_seen) = connect(&gateway.url, &token).await.unwrap();
+    let (second, second_seen) = connect(&gateway.url, &token).await.unwrap();
+
+    let sampled = first.peer().call_tool(call("test_sampling", json!({"prompt": "hi"}))).await.unwrap();
+    assert_eq!(text_of(&sampled), "LLM response: sampled by the test client");
+    let elicited = second.peer().call_tool(call("test_elicitation", json!({"message": "who?"}))).await.unwrap();
+    assert!(text_of(&elicited).contains("action=accept"), "{}", text_of(&elicited));
+    assert!(text_of(&elicited).contains("ada"), "{}", text_of(&elicited));
+
+    first.peer().call_tool(call("test_tool_with_progress", json!({}))).await.unwrap();
+    // Notifications may trail the result by a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    {
+        let first_seen = first_seen.seen.lock().unwrap();
+        let second_seen = second_seen.seen.lock().unwrap();
+        assert_eq!((first_seen.sampling_requests, first_seen.elicitation_requests), (1, 0));
+        assert_eq!((second_seen.sampling_requests, second_seen.elicitation_requests), (0, 1));
+        let values: Vec<f64> = first_seen.progress.iter().map(|p| p.progress).collect();
+        assert!(values.len() >= 3, "progress not relayed: {values:?}");
+        assert!(values.windows(2).all(|w| w[0] <= w[1]), "{values:?}");
+        assert!(second_seen.progress.is_empty(), "progress leaked to another session");
+    }
+    first.cancel().await.unwrap();
+    second.cancel().await.unwrap();
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_killed_mid_session_gives_a_named_error_and_others_keep_working() {
+    let mut doomed = Fixture::start(&[]).await;
+    let healthy = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![
+        UpstreamSpec::new("doomed", &doomed.url).timeout(Duration::from_secs(3)),
+        UpstreamSpec::new("healthy", &healthy.url),
+    ])
+    .await;
+    let (client, _) = connect(&gateway.url, &gateway.token("alice", ALL_SCOPES)).await.unwrap();
+    client.peer().call_tool(call("doomed__test_simple_text", json!({}))).await.unwrap();
+
+    doomed.kill().await;
+    let started = Instant::now();
+    let error = client.peer().call_tool(call("doomed__test_simple_text", json!({}))).await.unwrap_err();
+    let elapsed = started.elapsed();
+    let rmcp::service::ServiceError::McpError(data) = error else { panic!("expected a JSON-RPC error, got {error}") };
+    assert!(data.message.contains("doomed"), "error does not name the upstream: {}", data.message);
+    assert!([-32050, -32051].contains(&data.code.0), "code {}", data.code.0);
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+
+    let ok = client.peer().call_tool(call("healthy__test_simple_text", json!({}))).await.unwrap();
+    assert_eq!(text_of(&ok), "This is a simple text response for testing.");
+    let tools = client.peer().list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "healthy__echo"));
+    client.cancel().await.unwrap();
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn slow_upstream_times_out_with_its_name() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("slowpoke", &fixture.url).timeout(Duration::from_secs(1))]).await;
+    let (client, _) = connect(&gateway.url, &gateway.token("alice", ALL_SCOPES)).await.unwrap();
+    let started = Instant::now();
+    let error = client.peer().call_tool(call("slowpoke__slow", json!({"seconds": 10}))).await.unwrap_err();
+    let rmcp::service::ServiceError::McpError(data) = error else { panic!("expected a JSON-RPC error") };
+    assert_eq!(data.code.0, -32051, "{}", data.message);
+    assert!(data.message.contains("slowpoke"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The session still works afterwards.
+    client.peer().call_tool(call("slowpoke__test_simple_text", json!({}))).await.unwrap();
+    client.cancel().await.unwrap();
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn dead_upstream_at_start_does_not_stop_the_gateway() {
+    let healthy = Fixture::start(&[]).await;
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gateway = Gateway::start(vec![
+        UpstreamSpec::new("gone", &format!("http://{closed}/mcp")),
+        UpstreamSpec::new("healthy", &healthy.url),
+    ])
+    .await;
+    let (client, _) = connect(&gateway.url, &gateway.token("alice", ALL_SCOPES)).await.unwrap();
+    let tools = client.peer().list_all_tools().await.unwrap();
+    assert!(tools.iter().all(|t| t.name.starts_with("healthy__")));
+    assert!(!tools.is_empty());
+    client.cancel().await.unwrap();
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn colliding_names_refuse_to_start_naming_both_upstreams() {
+    let a = Fixture::start(&[]).await;
+    let b = Fixture::start(&[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = common::settings_for(
+        listener.local_addr().unwrap(),
+        dir.path(),
+        vec![UpstreamSpec::new("left", &a.url).prefix(""), UpstreamSpec::new("right", &b.url).prefix("")],
+    );
+    let result = tokio::time::timeout(Duration::from_secs(20), portcullis::run(settings, listener, std::future::pending())).await;
+    let error = format!("{:#}", result.expect("start-up must fail fast").unwrap_err());
+    assert!(error.contains("left") && error.contains("right"), "{error}");
+}
+
+#[tokio::test]
+async fn raw_http_negative_cases() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}});
+    let post = |token: Option<String>, body: String| {
+        let mut request = http
+            .post(&gateway.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+    };
+    // Wrong audience: a token for another resource from the same key.
+    let issuer = portcullis::embedded_issuer(&gateway.settings).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = json!({"iss": gateway.settings.auth.issuer, "sub": "alice", "aud": "http://other.example/mcp", "exp": now + 60, "iat": now, "scope": "mcp:tools"});
+    let wrong_aud = issuer.sign("at+jwt", &claims).unwrap();
+    let response = post(Some(wrong_aud), init.to_string()).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+
+    let token = gateway.token("alice", ALL_SCOPES);
+    let response = post(Some(token.clone()), "{not json".into()).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32700);
+
+    let big = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}", "x".repeat(5 * 1024 * 1024));
+    let response = post(Some(token.clone()), big).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+
+    let response = post(Some(token), init.to_string()).header("origin", "https://evil.example").send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_receives_its_credential_never_the_client_token() {
+    let record = tempfile::NamedTempFile::new().unwrap();
+    let record_path = record.path().to_str().unwrap().to_owned();
+    let fixture = Fixture::start(&[("FIXTURE_RECORD_HEADERS", &record_path)]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let token = gateway.token("alice", ALL_SCOPES);
+    let (client, _) = connect(&gateway.url, &token).await.unwrap();
+    let result = client.peer().call_tool(call("fx__whoami_headers", json!({}))).await.unwrap();
+    let headers: Value = serde_json::from_str(&text_of(&result)).unwrap();
+    assert!(headers.get("authorization").is_none(), "upstream got an Authorization header: {headers}");
+    client.cancel().await.unwrap();
+    gateway.stop().await;
+    let recorded = std::fs::read_to_string(&record_path).unwrap();
+    assert!(recorded.lines().count() >= 3, "fixture recorded too little: {recorded}");
+    assert!(!recorded.contains(&token), "client token reached the upstream");
+    assert!(!recorded.contains(token.split('.').nth(2).unwrap()), "token signature reached the upstream");
+}
+
+#[tokio::test]
+async fn python_sdk_client_lists_and_calls_through_the_gateway() {
+    let python = common::require_peer(&common::peers_dir().join("venv/bin/python"));
+    let record = tempfile::NamedTempFile::new().unwrap();
+    let record_path = record.path().to_str().unwrap().to_owned();
+    let fixture = Fixture::start(&[("FIXTURE_RECORD_HEADERS", &record_path)]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let token = gateway.token("py-user", &["mcp:tools"]);
+    let script = common::repo_dir().join("tests/peers/python_client.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(&gateway.url)
+        .env("PORTCULLIS_TOKEN", &token)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "python client failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let tools: Vec<&str> = report["tools"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(tools.contains(&"fx__test_simple_text"), "{tools:?}");
+    assert_eq!(report["simple_text"], "This is a simple text response for testing.");
+    assert_eq!(report["echo"], "from python");
+    assert_eq!(report["resources"], json!([]), "mcp:resources was not granted");
+    gateway.stop().await;
+    let recorded = std::fs::read_to_string(&record_path).unwrap();
+    assert!(!recorded.is_empty());
+    assert!(!recorded.contains(&token), "client token reached the upstream");
+}
