@@ -50,8 +50,8 @@ use http::{HeaderMap, Method, StatusCode};
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
-        CallToolRequestParams, CallToolResponse, CallToolResult, ClientJsonRpcMessage,
-        ClientRequest, ClientResult, CompleteRequestParams, CompleteResult, CompletionInfo,
+        CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities,
+        ClientJsonRpcMessage, ClientRequest, ClientResult, CompleteRequestParams, CompleteResult, CompletionInfo,
         ContentBlock, CreateMessageRequestParams, ElicitRequest, ElicitRequestParams, ErrorCode,
         GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, JsonObject,
         ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
@@ -59,10 +59,10 @@ use rmcp::{
         ProgressNotificationParam, Prompt, PromptArgument, PromptMessage, ProtocolVersion,
         ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, RequestId, Resource,
         ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
-        ServerJsonRpcMessage, ServerRequest, SetLevelRequestParams, SubscribeRequestParams, Tool,
-        UnsubscribeRequestParams,
+        ServerJsonRpcMessage, ServerRequest, SetLevelRequestParams, SubscribeRequestParams,
+        SubscriptionFilter, Tool, UnsubscribeRequestParams,
     },
-    service::RequestContext,
+    service::{RequestContext, SubscriptionContext},
     transport::{
         StreamableHttpServerConfig, StreamableHttpService,
         streamable_http_server::{
@@ -75,7 +75,7 @@ use rmcp::{
     },
 };
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// A 1×1 PNG, base64-encoded.
@@ -124,8 +124,14 @@ async fn main() -> anyhow::Result<()> {
         }))
         .with_cancellation_token(shutdown.child_token());
     let handler_manager = Arc::clone(&manager);
+    let (list_changes, _) = broadcast::channel(16);
     let service = StreamableHttpService::new(
-        move || Ok(Fixture::new(Arc::clone(&handler_manager))),
+        move || {
+            Ok(Fixture::new(
+                Arc::clone(&handler_manager),
+                list_changes.clone(),
+            ))
+        },
         Arc::clone(&manager),
         config,
     );
@@ -201,8 +207,8 @@ struct AppState {
     recorder: Option<Arc<HeaderRecorder>>,
 }
 
-/// Middleware on `/mcp`: records the request's headers, and answers 404 to a DELETE of an
-/// unknown session (rmcp would answer 202, while the spec and the alpha suite want 404).
+/// Middleware on `/mcp`: records the request's headers, and makes DELETE answer as the spec
+/// says: 404 for an unknown session and 200 for a terminated one (rmcp answers 202 to both).
 async fn observe_request(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -228,7 +234,12 @@ async fn observe_request(
         )
             .into_response();
     }
-    next.run(request).await
+    let is_delete = request.method() == Method::DELETE;
+    let mut response = next.run(request).await;
+    if is_delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::OK;
+    }
+    response
 }
 
 /// Appends one JSON line per HTTP request to a file.
@@ -443,10 +454,22 @@ impl SessionManager for FixtureSessionManager {
 // The MCP handler
 // ---------------------------------------------------------------------------------------------
 
-/// The fixture's MCP server; one instance per session.
+/// A change of a list, announced by the `test_trigger_*_change` tools.
+#[derive(Debug, Clone, Copy)]
+enum ListChange {
+    /// The tool list changed.
+    Tools,
+    /// The prompt list changed.
+    Prompts,
+}
+
+/// The fixture's MCP server: one instance per session, or per request on the stateless
+/// (2026-07-28) path.
 struct Fixture {
     /// The session manager, for `test_reconnection`.
     manager: Arc<FixtureSessionManager>,
+    /// List changes, shared by all instances so `subscriptions/listen` streams hear them.
+    list_changes: broadcast::Sender<ListChange>,
     /// The level set by `logging/setLevel`; `None` sends every level.
     log_level: Mutex<Option<LoggingLevel>>,
     /// Resource URIs this session subscribed to.
@@ -455,9 +478,10 @@ struct Fixture {
 
 impl Fixture {
     /// A handler for a new session.
-    fn new(manager: Arc<FixtureSessionManager>) -> Self {
+    fn new(manager: Arc<FixtureSessionManager>, list_changes: broadcast::Sender<ListChange>) -> Self {
         Self {
             manager,
+            list_changes,
             log_level: Mutex::new(None),
             subscriptions: Mutex::default(),
         }
@@ -615,6 +639,75 @@ impl Fixture {
             )),
             Err(error) => text_result(format!("Elicitation failed: {error}")),
         }
+    }
+
+    /// `test_trigger_tool_change` / `test_trigger_prompt_change`: announces a list change on
+    /// every `subscriptions/listen` stream and, on a session, to the caller.
+    async fn trigger_change(
+        &self,
+        context: &RequestContext<RoleServer>,
+        change: ListChange,
+    ) -> CallToolResult {
+        // No listener is not an error.
+        let _ = self.list_changes.send(change);
+        if session_id(context).is_some() {
+            let sent = match change {
+                ListChange::Tools => context.peer.notify_tool_list_changed().await,
+                ListChange::Prompts => context.peer.notify_prompt_list_changed().await,
+            };
+            if let Err(error) = sent {
+                eprintln!("conformance_fixture: cannot send list_changed: {error}");
+            }
+        }
+        text_result(format!("{change:?} list change announced"))
+    }
+
+    /// `test_logging_tool`: logs only when the request's `_meta` carries a log level (the
+    /// 2026-07-28 per-request logging opt-in).
+    async fn logging_tool(&self, context: &RequestContext<RoleServer>) -> CallToolResult {
+        if let Some(level) = context.meta.log_level()
+            && severity(LoggingLevel::Info) >= severity(level)
+        {
+            let params = LoggingMessageNotificationParam::new(
+                LoggingLevel::Info,
+                json!("Logging tool executed"),
+            );
+            if let Err(error) = context.peer.notify_logging_message(params).await {
+                eprintln!("conformance_fixture: cannot send log message: {error}");
+            }
+        }
+        text_result("Logging tool executed")
+    }
+
+    /// `test_missing_capability`: needs the client's `sampling` capability (-32021 without).
+    fn missing_capability(
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        if context
+            .client_capabilities()
+            .is_some_and(|capabilities| capabilities.sampling.is_some())
+        {
+            Ok(text_result("The client declared the sampling capability"))
+        } else {
+            Err(ErrorData::missing_required_client_capability(
+                ClientCapabilities::builder().enable_sampling().build(),
+            ))
+        }
+    }
+
+    /// `test_streaming_elicitation`: streams progress notifications (when the caller asked for
+    /// progress), never a server-to-client request, then the result.
+    async fn streaming_elicitation(context: &RequestContext<RoleServer>) -> CallToolResult {
+        if let Some(token) = context.meta.get_progress_token() {
+            for progress in [50.0, 100.0] {
+                let params = ProgressNotificationParam::new(token.clone(), progress)
+                    .with_total(100.0);
+                if let Err(error) = context.peer.notify_progress(params).await {
+                    eprintln!("conformance_fixture: cannot send progress: {error}");
+                }
+            }
+        }
+        text_result("Streaming completed without server-to-client requests")
     }
 
     /// `whoami_headers`: the HTTP headers of this `tools/call`, as JSON text.
@@ -803,6 +896,26 @@ fn tools() -> Vec<Tool> {
                 "else": {"required": ["email"]},
                 "additionalProperties": false,
             })),
+        ),
+        no_arg(
+            "test_missing_capability",
+            "Requires the client's sampling capability; without it fails with -32021",
+        ),
+        no_arg(
+            "test_streaming_elicitation",
+            "Streams only notifications on its response stream, then the result",
+        ),
+        no_arg(
+            "test_logging_tool",
+            "Logs only if the request's _meta sets io.modelcontextprotocol/logLevel",
+        ),
+        no_arg(
+            "test_trigger_tool_change",
+            "Announces notifications/tools/list_changed",
+        ),
+        no_arg(
+            "test_trigger_prompt_change",
+            "Announces notifications/prompts/list_changed",
         ),
         Tool::new(
             "echo",
@@ -1048,6 +1161,13 @@ impl ServerHandler for Fixture {
                 "JSON Schema 2020-12 tool called with: {}",
                 Value::Object(arguments)
             )),
+            "test_missing_capability" => Self::missing_capability(&context)?,
+            "test_streaming_elicitation" => Self::streaming_elicitation(&context).await,
+            "test_logging_tool" => self.logging_tool(&context).await,
+            "test_trigger_tool_change" => self.trigger_change(&context, ListChange::Tools).await,
+            "test_trigger_prompt_change" => {
+                self.trigger_change(&context, ListChange::Prompts).await
+            }
             "echo" => match string_argument(&arguments, "text") {
                 Some(text) => text_result(text),
                 None => CallToolResult::error(vec![ContentBlock::text(
@@ -1145,6 +1265,31 @@ impl ServerHandler for Fixture {
                 format!("Resource {} not found", request.uri),
                 Some(json!({"uri": request.uri})),
             )),
+        }
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    /// `subscriptions/listen` (2026-07-28): relays list changes until the client goes away.
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.list_changes.subscribe();
+        loop {
+            let change = tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                change = changes.recv() => change,
+            };
+            // A change the subscription did not ask for is refused by the sink; ignore that.
+            let _ = match change {
+                Ok(ListChange::Tools) => context.sink().notify_tool_list_changed().await,
+                Ok(ListChange::Prompts) => context.sink().notify_prompt_list_changed().await,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            };
         }
     }
 

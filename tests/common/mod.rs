@@ -33,6 +33,8 @@ use tokio::{
     sync::oneshot,
 };
 
+pub mod shim;
+
 pub const ALL_SCOPES: &[&str] = &["mcp:tools", "mcp:resources", "mcp:prompts"];
 
 /// The cargo target directory holding this test binary (`…/debug`).
