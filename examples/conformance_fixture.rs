@@ -51,16 +51,16 @@ use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities,
-        ClientJsonRpcMessage, ClientRequest, ClientResult, CompleteRequestParams, CompleteResult, CompletionInfo,
-        ContentBlock, CreateMessageRequestParams, ElicitRequest, ElicitRequestParams, ErrorCode,
-        GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, JsonObject,
-        ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-        LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
-        ProgressNotificationParam, Prompt, PromptArgument, PromptMessage, ProtocolVersion,
-        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, RequestId, Resource,
-        ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
-        ServerJsonRpcMessage, ServerRequest, SetLevelRequestParams, SubscribeRequestParams,
-        SubscriptionFilter, Tool, UnsubscribeRequestParams,
+        ClientJsonRpcMessage, ClientRequest, ClientResult, CompleteRequestParams, CompleteResult,
+        CompletionInfo, ContentBlock, CreateMessageRequestParams, ElicitRequest,
+        ElicitRequestParams, ErrorCode, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+        Implementation, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
+        ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+        PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptArgument, PromptMessage,
+        ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+        RequestId, Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities,
+        ServerConfig, ServerJsonRpcMessage, ServerRequest, SetLevelRequestParams,
+        SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
     },
     service::{RequestContext, SubscriptionContext},
     transport::{
@@ -79,7 +79,8 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// A 1×1 PNG, base64-encoded.
-const PNG_BASE64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+const PNG_BASE64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
 /// A WAV file with eight samples of 8 kHz mono silence, base64-encoded.
 const WAV_BASE64: &str = "UklGRiwAAABXQVZFZm10IBAAAAABAAEAQB8AAEAfAAABAAgAZGF0YQgAAACAgICAgICAgA==";
 
@@ -96,6 +97,9 @@ const DEFAULT_LARGE_RESULT_BYTES: u64 = 65_536;
 const MAX_LARGE_RESULT_BYTES: u64 = 256 * 1024 * 1024;
 /// How long shutdown waits for open connections to drain before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Hostnames accepted in `Host` and `Origin` headers (the DNS-rebinding guard).
+const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
@@ -119,9 +123,11 @@ async fn main() -> anyhow::Result<()> {
     let config = StreamableHttpServerConfig::default()
         .with_sse_retry(Some(PRIMING_RETRY))
         .with_allowed_hosts(LOOPBACK_HOSTS)
-        .with_allowed_origins(LOOPBACK_HOSTS.iter().flat_map(|host| {
-            [format!("http://{host}:*"), format!("https://{host}:*")]
-        }))
+        .with_allowed_origins(
+            LOOPBACK_HOSTS
+                .iter()
+                .flat_map(|host| [format!("http://{host}:*"), format!("https://{host}:*")]),
+        )
         .with_cancellation_token(shutdown.child_token());
     let handler_manager = Arc::clone(&manager);
     let (list_changes, _) = broadcast::channel(16);
@@ -157,7 +163,8 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tokio::select! {
         result = server => result.context("serving HTTP")?,
         () = async {
@@ -167,9 +174,6 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Hostnames accepted in `Host` and `Origin` headers (the DNS-rebinding guard).
-const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
 /// Resolves on SIGTERM or Ctrl-C.
 async fn wait_for_signal() {
@@ -222,7 +226,13 @@ async fn observe_request(
             .headers()
             .get("mcp-session-id")
             .and_then(|value| value.to_str().ok())
-        && !state.manager.inner.sessions.read().await.contains_key(session_id)
+        && !state
+            .manager
+            .inner
+            .sessions
+            .read()
+            .await
+            .contains_key(session_id)
     {
         return (
             StatusCode::NOT_FOUND,
@@ -263,8 +273,8 @@ impl HeaderRecorder {
 
     /// Writes `{"method": ..., "headers": {...}}` as one line; failures go to stderr.
     fn record(&self, method: &Method, headers: &HeaderMap) {
-        let mut line = json!({"method": method.as_str(), "headers": headers_to_json(headers)})
-            .to_string();
+        let mut line =
+            json!({"method": method.as_str(), "headers": headers_to_json(headers)}).to_string();
         line.push('\n');
         let mut file = lock(&self.file);
         if let Err(error) = file.write_all(line.as_bytes()).and_then(|()| file.flush()) {
@@ -478,7 +488,10 @@ struct Fixture {
 
 impl Fixture {
     /// A handler for a new session.
-    fn new(manager: Arc<FixtureSessionManager>, list_changes: broadcast::Sender<ListChange>) -> Self {
+    fn new(
+        manager: Arc<FixtureSessionManager>,
+        list_changes: broadcast::Sender<ListChange>,
+    ) -> Self {
         Self {
             manager,
             list_changes,
@@ -700,8 +713,8 @@ impl Fixture {
     async fn streaming_elicitation(context: &RequestContext<RoleServer>) -> CallToolResult {
         if let Some(token) = context.meta.get_progress_token() {
             for progress in [50.0, 100.0] {
-                let params = ProgressNotificationParam::new(token.clone(), progress)
-                    .with_total(100.0);
+                let params =
+                    ProgressNotificationParam::new(token.clone(), progress).with_total(100.0);
                 if let Err(error) = context.peer.notify_progress(params).await {
                     eprintln!("conformance_fixture: cannot send progress: {error}");
                 }
@@ -821,13 +834,22 @@ fn tools() -> Vec<Tool> {
         no_arg("test_simple_text", "Tests simple text content response"),
         no_arg("test_image_content", "Tests image content response"),
         no_arg("test_audio_content", "Tests audio content response"),
-        no_arg("test_embedded_resource", "Tests embedded resource content response"),
+        no_arg(
+            "test_embedded_resource",
+            "Tests embedded resource content response",
+        ),
         no_arg(
             "test_multiple_content_types",
             "Tests response with multiple content types (text, image, resource)",
         ),
-        no_arg("test_tool_with_logging", "Tests tool that emits log messages during execution"),
-        no_arg("test_tool_with_progress", "Tests tool that reports progress notifications"),
+        no_arg(
+            "test_tool_with_logging",
+            "Tests tool that emits log messages during execution",
+        ),
+        no_arg(
+            "test_tool_with_progress",
+            "Tests tool that reports progress notifications",
+        ),
         no_arg("test_error_handling", "Tests error response handling"),
         no_arg(
             "test_reconnection",
@@ -1041,17 +1063,26 @@ fn sep1330_enums_request() -> Value {
 
 /// Reads a resource by URI, or `None` if there is no such resource.
 fn read(uri: &str) -> Option<ResourceContents> {
-    let text = |text: &str, mime: &str| Some(ResourceContents::text(text, uri).with_mime_type(mime));
+    let text =
+        |text: &str, mime: &str| Some(ResourceContents::text(text, uri).with_mime_type(mime));
     match uri {
-        "test://static-text" => text("This is the content of the static text resource.", "text/plain"),
-        "test://static-binary" => Some(ResourceContents::blob(PNG_BASE64, uri).with_mime_type("image/png")),
+        "test://static-text" => text(
+            "This is the content of the static text resource.",
+            "text/plain",
+        ),
+        "test://static-binary" => {
+            Some(ResourceContents::blob(PNG_BASE64, uri).with_mime_type("image/png"))
+        }
         "test://watched-resource" => text("Watched resource content", "text/plain"),
         _ => {
-            let id = uri.strip_prefix("test://template/")?.strip_suffix("/data")?;
+            let id = uri
+                .strip_prefix("test://template/")?
+                .strip_suffix("/data")?;
             if id.is_empty() || id.contains('/') {
                 return None;
             }
-            let data = json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")});
+            let data =
+                json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")});
             text(&data.to_string(), "application/json")
         }
     }
@@ -1170,9 +1201,9 @@ impl ServerHandler for Fixture {
             }
             "echo" => match string_argument(&arguments, "text") {
                 Some(text) => text_result(text),
-                None => CallToolResult::error(vec![ContentBlock::text(
-                    "Missing string argument: text",
-                )]),
+                None => {
+                    CallToolResult::error(vec![ContentBlock::text("Missing string argument: text")])
+                }
             },
             "large_result" => {
                 let bytes = match arguments.get("bytes") {
@@ -1338,7 +1369,10 @@ impl ServerHandler for Fixture {
             Prompt::new(
                 "test_prompt_with_embedded_resource",
                 Some("A prompt that includes an embedded resource"),
-                Some(vec![required("resourceUri", "URI of the resource to embed")]),
+                Some(vec![required(
+                    "resourceUri",
+                    "URI of the resource to embed",
+                )]),
             ),
             Prompt::new(
                 "test_prompt_with_image",
@@ -1377,7 +1411,10 @@ impl ServerHandler for Fixture {
                                 .with_mime_type("text/plain"),
                         ),
                     ),
-                    PromptMessage::new_text(Role::User, "Please process the embedded resource above."),
+                    PromptMessage::new_text(
+                        Role::User,
+                        "Please process the embedded resource above.",
+                    ),
                 ]
             }
             "test_prompt_with_image" => vec![

@@ -1,6 +1,8 @@
 //! End-to-end tests: the real gateway on port 0 in front of real upstream processes (the
 //! project's conformance fixture), reached by real MCP clients (rmcp, the Python SDK).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -61,6 +61,9 @@ pub enum Error {
 }
 
 /// An authenticated caller, built only by [`ResourceServer::authenticate`].
+// The private field is a proof marker (rustls style): `#[non_exhaustive]` would still let
+// the rest of this crate build a Principal without authenticating.
+#[allow(clippy::manual_non_exhaustive)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// `iss` of the token.
