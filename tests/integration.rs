@@ -313,3 +313,94 @@ async fn official_conformance_suite_passes_through_the_gateway() {
     assert!(scenarios >= 30, "expected at least 30 active scenarios, ran {scenarios}\n{stdout}");
     gateway.stop().await;
 }
+
+/// README's first command, black-box: `portcullis demo` prints a working token and endpoint.
+#[tokio::test]
+async fn demo_command_serves_the_demo_upstream_with_the_printed_token() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut endpoint, mut token) = (None, None);
+    while endpoint.is_none() || token.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().expect("demo exited early");
+        if let Some(rest) = line.strip_prefix("Portcullis demo gateway: ") {
+            endpoint = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("export PORTCULLIS_TOKEN=") {
+            token = Some(rest.trim().to_owned());
+        }
+    }
+    let (endpoint, token) = (endpoint.unwrap(), token.unwrap());
+    assert!(!endpoint.contains(":0/"), "banner shows port 0: {endpoint}");
+    let (client, _) = connect(&endpoint, &token).await.unwrap();
+    let names: Vec<String> = client.peer().list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, vec!["demo__get_forecast", "demo__delete_file", "demo__fetch_webpage"]);
+    let forecast = client.peer().call_tool(call("demo__get_forecast", json!({"city": "Oslo"}))).await.unwrap();
+    assert!(text_of(&forecast).starts_with("Oslo:"));
+    client.cancel().await.unwrap();
+
+    // `portcullis token` with the same data dir signs tokens this gateway accepts.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["token", "--sub", "carol", "--scope", "mcp:tools", "--ttl", "120", "--data-dir"])
+        .arg(dir.path())
+        .env("PORTCULLIS_LISTEN", endpoint.trim_start_matches("http://").trim_end_matches("/mcp"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let minted = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let (client, _) = connect(&endpoint, &minted).await.unwrap();
+    assert_eq!(client.peer().list_all_tools().await.unwrap().len(), 3);
+    assert!(client.peer().list_all_prompts().await.unwrap().is_empty(), "mcp:prompts was not granted");
+    client.cancel().await.unwrap();
+    let _ = child.kill().await;
+}
+
+/// The older revisions are negotiated as asked.
+#[tokio::test]
+async fn every_supported_revision_initializes_and_lists() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let token = gateway.token("alice", ALL_SCOPES);
+    let http = reqwest::Client::new();
+    for version in ["2025-03-26", "2025-06-18", "2025-11-25"] {
+        let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":version,"capabilities":{},"clientInfo":{"name":"raw","version":"0"}}});
+        let response = http
+            .post(&gateway.url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&init)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{version}");
+        let session = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let body = response.text().await.unwrap();
+        assert!(body.contains(&format!("\"protocolVersion\":\"{version}\"")), "{version}: {body}");
+        let list = json!({"jsonrpc":"2.0","id":2,"method":"tools/list"});
+        let body = http
+            .post(&gateway.url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", version)
+            .json(&list)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.contains("fx__test_simple_text"), "{version}: {body}");
+        let deleted = http.delete(&gateway.url).bearer_auth(&token).header("mcp-session-id", &session).send().await.unwrap();
+        assert!(deleted.status().is_success(), "{version}: DELETE {}", deleted.status());
+    }
+    gateway.stop().await;
+}

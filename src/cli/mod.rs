@@ -159,11 +159,23 @@ fn load_settings(config: &ConfigArgs, overrides: Overrides, env: &HashMap<String
 
 async fn serve(args: ServeArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
     let overrides = Overrides { listen: args.listen, public_url: args.public_url, data_dir: None, upstreams: args.upstreams };
-    let settings = load_settings(&args.config, overrides, env)?;
+    let (settings, listener) = bind(&args.config, overrides, env).await?;
+    crate::run(settings, listener, shutdown_signal()).await
+}
+
+/// Loads settings and binds their listen address. With port 0 the settings are re-derived
+/// from the port actually bound, so the public URL and token audience name a real port.
+async fn bind(config: &ConfigArgs, overrides: Overrides, env: &HashMap<String, String>) -> anyhow::Result<(Settings, TcpListener)> {
+    let settings = load_settings(config, overrides.clone(), env)?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is another process using it? set --listen)", settings.listen))?;
-    crate::run(settings, listener, shutdown_signal()).await
+    if settings.listen.port() != 0 {
+        return Ok((settings, listener));
+    }
+    let bound = listener.local_addr().context("reading the bound address")?;
+    let settings = load_settings(config, Overrides { listen: Some(bound), ..overrides }, env)?;
+    Ok((settings, listener))
 }
 
 fn token(args: TokenArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
@@ -194,10 +206,9 @@ async fn demo(args: DemoArgs, env: &HashMap<String, String>) -> anyhow::Result<(
         data_dir: args.data_dir,
         upstreams: vec![("demo".to_owned(), upstream_url)],
     };
-    let settings = load_settings(&ConfigArgs::default(), overrides, env)?;
-    let listener = TcpListener::bind(settings.listen)
+    let (settings, listener) = bind(&ConfigArgs::default(), overrides, env)
         .await
-        .with_context(|| format!("cannot listen on {} (try `portcullis demo --listen 127.0.0.1:8181`)", settings.listen))?;
+        .context("starting the demo gateway (another port: `portcullis demo --listen 127.0.0.1:8181`)")?;
     let issuer = crate::embedded_issuer(&settings)?;
     let token = issuer.mint(&TokenRequest {
         subject: "demo-user".into(),
@@ -205,7 +216,7 @@ async fn demo(args: DemoArgs, env: &HashMap<String, String>) -> anyhow::Result<(
         ttl: settings.auth.max_token_ttl,
         client_id: Some("portcullis-demo".into()),
     })?;
-    print_demo_banner(&settings.resource, &token, settings.auth.max_token_ttl);
+    print_demo_banner(&settings.resource, &token, settings.auth.max_token_ttl, &settings.data_dir);
     let stop = cancel.clone();
     let result = crate::run(settings, listener, async move {
         shutdown_signal().await;
@@ -216,8 +227,9 @@ async fn demo(args: DemoArgs, env: &HashMap<String, String>) -> anyhow::Result<(
     result
 }
 
-fn print_demo_banner(endpoint: &str, token: &str, ttl: Duration) {
+fn print_demo_banner(endpoint: &str, token: &str, ttl: Duration, data_dir: &std::path::Path) {
     let minutes = ttl.as_secs() / 60;
+    let data_dir = data_dir.display();
     println!(
         r#"
 Portcullis demo gateway: {endpoint}
@@ -242,7 +254,7 @@ MCP Inspector:
 Claude Code:
   claude mcp add --transport http portcullis {endpoint} --header "Authorization: Bearer $PORTCULLIS_TOKEN"
 
-A new token: cargo run -- token --sub demo-user --scope "mcp:tools mcp:resources mcp:prompts"
+A new token: cargo run -- token --data-dir {data_dir} --sub demo-user --scope "mcp:tools mcp:resources mcp:prompts"
 Stop with Ctrl-C.
 "#
     );
