@@ -108,6 +108,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
         catalog,
         upstreams: upstreams.iter().map(|u| (u.name().clone(), u.clone())).collect::<HashMap<_, _>>(),
         list_changed,
+        catalog_events: sync.events(),
     });
     let cancel = CancellationToken::new();
     let sync_task = tokio::spawn(sync.run(cancel.child_token()));

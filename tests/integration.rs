@@ -232,12 +232,14 @@ async fn upstream_receives_its_credential_never_the_client_token() {
     let record = tempfile::NamedTempFile::new().unwrap();
     let record_path = record.path().to_str().unwrap().to_owned();
     let fixture = Fixture::start(&[("FIXTURE_RECORD_HEADERS", &record_path)]).await;
-    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let upstream = UpstreamSpec::new("fx", &fixture.url).credential("X-Api-Key", "FX_API_KEY", "upstream-secret-1");
+    let gateway = Gateway::start(vec![upstream]).await;
     let token = gateway.token("alice", ALL_SCOPES);
     let (client, _) = connect(&gateway.url, &token).await.unwrap();
     let result = client.peer().call_tool(call("fx__whoami_headers", json!({}))).await.unwrap();
     let headers: Value = serde_json::from_str(&text_of(&result)).unwrap();
     assert!(headers.get("authorization").is_none(), "upstream got an Authorization header: {headers}");
+    assert_eq!(headers["x-api-key"], "upstream-secret-1", "upstream did not get its own credential: {headers}");
     client.cancel().await.unwrap();
     gateway.stop().await;
     let recorded = std::fs::read_to_string(&record_path).unwrap();
@@ -402,5 +404,25 @@ async fn every_supported_revision_initializes_and_lists() {
         let deleted = http.delete(&gateway.url).bearer_auth(&token).header("mcp-session-id", &session).send().await.unwrap();
         assert!(deleted.status().is_success(), "{version}: DELETE {}", deleted.status());
     }
+    gateway.stop().await;
+}
+
+/// An upstream's `list_changed` (announced on any of its sessions) re-lists it and reaches
+/// every client session.
+#[tokio::test]
+async fn upstream_list_changes_reach_all_client_sessions() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let token = gateway.token("alice", ALL_SCOPES);
+    let (trigger, _) = connect(&gateway.url, &token).await.unwrap();
+    let (watcher, seen) = connect(&gateway.url, &token).await.unwrap();
+    trigger.peer().call_tool(call("fx__test_trigger_tool_change", json!({}))).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.seen.lock().unwrap().tools_list_changed == 0 {
+        assert!(Instant::now() < deadline, "watcher never got notifications/tools/list_changed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    trigger.cancel().await.unwrap();
+    watcher.cancel().await.unwrap();
     gateway.stop().await;
 }

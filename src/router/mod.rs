@@ -57,6 +57,8 @@ pub struct Gateway {
     pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
     /// Catalog change notifications for client sessions.
     pub list_changed: broadcast::Sender<ListChanged>,
+    /// Where upstream list-change announcements go (the catalog sync).
+    pub catalog_events: upstream::CatalogEvents,
 }
 
 /// The MCP server for one client session.
@@ -101,7 +103,7 @@ impl SessionHandler {
         if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(connection.clone());
         }
-        let connection = Arc::new(target.connect(self.state.client.get(), RelayTarget::Session(peer.clone())).await?);
+        let connection = Arc::new(target.connect(self.state.client.get(), RelayTarget::Session(peer.clone(), self.gateway.catalog_events.clone())).await?);
         let level = *self.state.log_level.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(level) = level {
             let request = ClientRequest::SetLevelRequest(Request::new(SetLevelRequestParams::new(level)));

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     catalog::{CatalogStore, Collision, UpstreamListing},
-    upstream::{self, CatalogEvent, Connection, RelayTarget, Upstream},
+    upstream::{self, CatalogEvent, CatalogEvents, Connection, RelayTarget, Upstream},
 };
 
 /// A catalog change to announce to client sessions (`notifications/*/list_changed`).
@@ -54,6 +54,11 @@ impl CatalogSync {
     pub fn new(upstreams: Vec<Arc<Upstream>>, store: Arc<CatalogStore>, changes: broadcast::Sender<ListChanged>) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         Self { upstreams, store, changes, events_tx, events_rx, connections: HashMap::new() }
+    }
+
+    /// The sender client-session connections use to report list changes.
+    pub fn events(&self) -> CatalogEvents {
+        self.events_tx.clone()
     }
 
     /// Connects to every upstream concurrently and builds the first catalog.

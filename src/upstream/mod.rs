@@ -101,13 +101,18 @@ pub struct Upstream {
     http: reqwest::Client,
 }
 
-/// Where a [`Relay`] sends what the upstream pushes.
+/// Sender of catalog events: which upstream announced which list change.
+pub type CatalogEvents = mpsc::UnboundedSender<(Arc<str>, CatalogEvent)>;
+
+/// Where a [`Relay`] sends what the upstream pushes. List changes always go to the catalog,
+/// which re-lists the upstream and tells every client session (after policy); an upstream
+/// may announce a change on any of its sessions.
 #[derive(Clone)]
 pub enum RelayTarget {
-    /// A catalog connection: list changes go to the catalog, everything else is dropped.
-    Catalog(mpsc::UnboundedSender<(Arc<str>, CatalogEvent)>),
-    /// A client session's connection: everything goes to that client.
-    Session(Peer<RoleServer>),
+    /// A catalog connection: everything but list changes is dropped.
+    Catalog(CatalogEvents),
+    /// A client session's connection: everything else goes to that client.
+    Session(Peer<RoleServer>, CatalogEvents),
 }
 
 /// The gateway's client-side MCP service for one upstream connection: answers the
@@ -314,8 +319,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Relay {
     fn session(&self) -> Option<&Peer<RoleServer>> {
         match &self.target {
-            RelayTarget::Session(peer) => Some(peer),
+            RelayTarget::Session(peer, _) => Some(peer),
             RelayTarget::Catalog(_) => None,
+        }
+    }
+
+    fn catalog_events(&self) -> &CatalogEvents {
+        match &self.target {
+            RelayTarget::Session(_, events) | RelayTarget::Catalog(events) => events,
         }
     }
 }
@@ -373,12 +384,12 @@ impl Service<RoleClient> for Relay {
             _ => None,
         };
         match (&self.target, event) {
-            (RelayTarget::Catalog(events), Some(event)) => {
-                let _ = events.send((self.upstream.clone(), event));
-            }
             // List changes reach clients from the catalog, after policy and pinning.
-            (_, Some(_)) | (RelayTarget::Catalog(_), None) => {}
-            (RelayTarget::Session(client), None) => {
+            (_, Some(event)) => {
+                let _ = self.catalog_events().send((self.upstream.clone(), event));
+            }
+            (RelayTarget::Catalog(_), None) => {}
+            (RelayTarget::Session(client, _), None) => {
                 let notification = match notification {
                     ServerNotification::ProgressNotification(mut progress) => {
                         let token = lock(&self.routes.progress).get(&progress.params.progress_token).cloned();

@@ -106,11 +106,18 @@ pub struct UpstreamSpec {
     pub url: String,
     pub prefix: Option<String>,
     pub request_timeout: Duration,
+    /// (header, environment variable name, secret value).
+    pub credential: Option<(String, String, String)>,
 }
 
 impl UpstreamSpec {
     pub fn new(name: &str, url: &str) -> Self {
-        Self { name: name.into(), url: url.into(), prefix: None, request_timeout: Duration::from_secs(20) }
+        Self { name: name.into(), url: url.into(), prefix: None, request_timeout: Duration::from_secs(20), credential: None }
+    }
+
+    pub fn credential(mut self, header: &str, env: &str, secret: &str) -> Self {
+        self.credential = Some((header.into(), env.into(), secret.into()));
+        self
     }
 
     pub fn prefix(mut self, prefix: &str) -> Self {
@@ -137,14 +144,20 @@ pub struct Gateway {
 pub fn settings_for(addr: std::net::SocketAddr, data_dir: &Path, upstreams: Vec<UpstreamSpec>) -> Settings {
     let overrides = Overrides { listen: Some(addr), data_dir: Some(data_dir.to_owned()), ..Overrides::default() };
     let mut config = Config::load(None, &HashMap::new(), &overrides).unwrap();
+    // The gateway reads upstream secrets from an env map; tests pass their own.
+    let mut env = HashMap::new();
     for spec in upstreams {
         let mut upstream = UpstreamConfig::new(spec.name, spec.url.parse().unwrap());
         upstream.tool_prefix = spec.prefix;
         upstream.request_timeout = spec.request_timeout;
         upstream.connect_timeout = Duration::from_secs(3);
+        if let Some((header, name, secret)) = spec.credential {
+            upstream.credential = Some(portcullis::config::CredentialConfig { header, env: name.clone(), prefix: String::new() });
+            env.insert(name, secret);
+        }
         config.upstream.push(upstream);
     }
-    Settings::from_config(config, &HashMap::new()).unwrap()
+    Settings::from_config(config, &env).unwrap()
 }
 
 impl Gateway {
