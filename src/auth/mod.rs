@@ -78,6 +78,9 @@ pub struct Principal {
     pub token_id: Option<String>,
     /// `exp`, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// The token's other claims — everything but `iss`, `sub`, `exp`, `iat`, `client_id`,
+    /// `azp`, `scope`, `scp`, `jti` — for policy rules on claims such as `groups`.
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
     _proof: (),
 }
 
@@ -91,6 +94,8 @@ pub struct ResourceServer {
 
 #[derive(Deserialize)]
 struct Claims {
+    #[serde(flatten)]
+    all: serde_json::Map<String, serde_json::Value>,
     sub: Option<String>,
     iss: Option<String>,
     exp: Option<u64>,
@@ -142,6 +147,27 @@ impl Principal {
         format!("{}\u{1f}{}", self.issuer, self.subject)
     }
 
+    /// A principal with every attribute set, for unit tests of other modules.
+    #[cfg(test)]
+    pub(crate) fn for_tests_full(
+        issuer: &str,
+        subject: &str,
+        client_id: Option<&str>,
+        scopes: &[&str],
+        claims: serde_json::Value,
+    ) -> Self {
+        Self {
+            issuer: issuer.into(),
+            subject: subject.into(),
+            client_id: client_id.map(str::to_owned),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            token_id: None,
+            expires_at: u64::MAX,
+            claims: Arc::new(claims.as_object().cloned().unwrap_or_default()),
+            _proof: (),
+        }
+    }
+
     /// A principal for unit tests of other modules.
     #[cfg(test)]
     pub(crate) fn for_tests(subject: &str, scopes: &[&str]) -> Self {
@@ -152,6 +178,7 @@ impl Principal {
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             token_id: None,
             expires_at: u64::MAX,
+            claims: Arc::default(),
             _proof: (),
         }
     }
@@ -212,6 +239,7 @@ impl ResourceServer {
             scopes,
             token_id: claims.jti,
             expires_at: exp,
+            claims: Arc::new(claims.all),
             _proof: (),
         })
     }
