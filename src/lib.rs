@@ -41,8 +41,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{
-        ResourceServer,
+        ResourceServer, TrustedIssuer,
         issuer::{EmbeddedIssuer, SigningKey},
+        jwks::JwksCache,
     },
     catalog::CatalogStore,
     config::Settings,
@@ -52,14 +53,45 @@ use crate::{
     upstream::Upstream,
 };
 
-/// Loads (or creates) the embedded issuer for `settings`: its key lives in the data dir.
+/// Loads the gateway's signing key (data dir, file or environment, per `auth`) and builds
+/// the embedded issuer around it.
 ///
 /// # Errors
 /// When the key cannot be read, parsed or created.
 pub fn embedded_issuer(settings: &Settings) -> anyhow::Result<EmbeddedIssuer> {
-    let key = SigningKey::load_or_generate(&settings.data_dir)
-        .with_context(|| format!("loading the embedded issuer key from data dir {}", settings.data_dir.display()))?;
+    use secrecy::ExposeSecret;
+    let key = match &settings.auth.signing_key {
+        config::SigningKeySource::DataDir => SigningKey::load_or_generate(&settings.data_dir)
+            .with_context(|| format!("loading the signing key from data dir {}", settings.data_dir.display()))?,
+        config::SigningKeySource::File(path) => {
+            let pem = std::fs::read_to_string(path).with_context(|| format!("reading auth.signing_key_file {}", path.display()))?;
+            SigningKey::from_pem(&pem, path)?
+        }
+        config::SigningKeySource::Pem(pem) => {
+            SigningKey::from_pem(pem.expose_secret(), std::path::Path::new("$auth.signing_key_env"))?
+        }
+    };
     Ok(EmbeddedIssuer::new(key, settings.auth.issuer.clone(), settings.resource.clone(), settings.auth.max_token_ttl))
+}
+
+/// Builds the trusted issuers: the embedded one (unless disabled) and each external one,
+/// whose keys are fetched now (a failure is logged and retried on demand: its tokens are
+/// refused meanwhile) and refreshed in the background until `stop`.
+async fn trusted_issuers(settings: &Settings, embedded: &Arc<EmbeddedIssuer>, http: &reqwest::Client, stop: &CancellationToken) -> Vec<TrustedIssuer> {
+    let mut issuers = Vec::new();
+    if settings.auth.embedded_issuer {
+        issuers.push(TrustedIssuer::embedded(embedded.clone(), &settings.resource, settings.auth.max_token_ttl));
+    }
+    for issuer in &settings.auth.issuers {
+        let cache = Arc::new(JwksCache::new(issuer.issuer.clone(), issuer.jwks_uri.clone(), http.clone(), issuer.jwks_min_refresh_interval));
+        match cache.refresh().await {
+            Ok(keys) => tracing::info!(issuer = %issuer.issuer, keys, "external issuer keys loaded"),
+            Err(error) => tracing::error!(issuer = %issuer.issuer, %error, "external issuer keys unavailable; its tokens are refused until they load"),
+        }
+        tokio::spawn(cache.clone().run(issuer.jwks_refresh_interval, stop.child_token()));
+        issuers.push(TrustedIssuer::external(cache, &issuer.audience, &issuer.algorithms, issuer.require_typ, issuer.max_token_lifetime));
+    }
+    issuers
 }
 
 /// Runs the gateway on an already-bound `listener` until `shutdown` completes.
@@ -74,19 +106,14 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
     let settings = Arc::new(settings);
     let issuer = Arc::new(embedded_issuer(&settings)?);
     tracing::info!(issuer = issuer.issuer(), kid = issuer.key().kid(), "embedded authorization server key loaded");
-    let resource_server = Arc::new(ResourceServer::new(
-        issuer.clone(),
-        &settings.resource,
-        settings.auth.leeway,
-        settings.auth.max_token_ttl,
-    ));
-
-    // Upstream redirects are not followed: an allow-listed URL must not bounce elsewhere.
+    // Redirects are not followed: an allow-listed URL must not bounce elsewhere.
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .build()
-        .context("building the upstream HTTP client")?;
+        .context("building the HTTP client")?;
+    let cancel = CancellationToken::new();
+    let resource_server = Arc::new(ResourceServer::new(trusted_issuers(&settings, &issuer, &http, &cancel).await, settings.auth.leeway));
     let upstreams: Vec<Arc<Upstream>> =
         settings.upstreams.iter().map(|u| Arc::new(Upstream::new(u.clone(), http.clone()))).collect();
     let catalog = Arc::new(CatalogStore::new(upstreams.iter().map(|u| u.name().clone()).collect()));
@@ -110,7 +137,6 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
         list_changed,
         catalog_events: sync.events(),
     });
-    let cancel = CancellationToken::new();
     let sync_task = tokio::spawn(sync.run(cancel.child_token()));
     let state = AppState::new(gateway, resource_server, issuer, cancel.child_token());
     let app = transport::app(state);

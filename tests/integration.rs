@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "integration/oauth.rs"]
+mod oauth;
 
 use std::time::{Duration, Instant};
 

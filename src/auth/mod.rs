@@ -13,6 +13,7 @@
 //! was authenticated.
 
 pub mod issuer;
+pub mod jwks;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
@@ -58,6 +59,9 @@ pub enum Error {
     /// `exp - iat` exceeds the accepted maximum lifetime.
     #[error("token lifetime too long")]
     LifetimeTooLong,
+    /// `typ` is not `at+jwt` where the issuer requires it (RFC 9068 §2.1).
+    #[error("token type not accepted")]
+    WrongType,
 }
 
 /// An authenticated caller, built only by [`ResourceServer::authenticate`].
@@ -86,10 +90,23 @@ pub struct Principal {
 
 /// Validates bearer tokens against the trusted issuers.
 pub struct ResourceServer {
-    embedded: Arc<EmbeddedIssuer>,
-    validation: Validation,
-    max_lifetime: Duration,
+    issuers: Vec<TrustedIssuer>,
     leeway: u64,
+}
+
+/// One authorization server whose tokens are accepted, with its validation rules.
+pub struct TrustedIssuer {
+    issuer: String,
+    keys: Keys,
+    /// One prepared validation per allowed algorithm (RFC 8725 §3.1 allow-list).
+    validations: Vec<(Algorithm, Validation)>,
+    require_typ: bool,
+    max_lifetime: Duration,
+}
+
+enum Keys {
+    Embedded(Arc<EmbeddedIssuer>),
+    Jwks(Arc<jwks::JwksCache>),
 }
 
 #[derive(Deserialize)]
@@ -103,14 +120,28 @@ struct Claims {
     client_id: Option<String>,
     azp: Option<String>,
     scope: Option<String>,
-    scp: Option<Vec<String>>,
+    scp: Option<ScopeClaim>,
     jti: Option<String>,
+}
+
+/// `scp`: an array (Okta, RFC 9068 examples) or a space-separated string (Entra ID).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScopeClaim {
+    List(Vec<String>),
+    Text(String),
 }
 
 #[derive(Deserialize)]
 struct JoseHeader {
     alg: String,
     kid: Option<String>,
+    typ: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IssuerOnly {
+    iss: Option<String>,
 }
 
 // === impl Error ===
@@ -130,6 +161,7 @@ impl Error {
             Self::NotYetValid => "not_yet_valid",
             Self::MissingClaim => "missing_claim",
             Self::LifetimeTooLong => "lifetime_too_long",
+            Self::WrongType => "wrong_typ",
         }
     }
 }
@@ -184,56 +216,133 @@ impl Principal {
     }
 }
 
+// === impl TrustedIssuer ===
+
+impl TrustedIssuer {
+    /// The embedded authorization server: ES256 only, its own key.
+    pub fn embedded(issuer: Arc<EmbeddedIssuer>, audience: &str, max_lifetime: Duration) -> Self {
+        let name = issuer.issuer().to_owned();
+        Self {
+            validations: vec![(Algorithm::ES256, validation(Algorithm::ES256, &name, audience))],
+            issuer: name,
+            keys: Keys::Embedded(issuer),
+            require_typ: false,
+            max_lifetime,
+        }
+    }
+
+    /// An external authorization server whose keys come from `jwks`.
+    ///
+    /// `algorithms` is the allow-list (only RS256, PS256, ES256 and EdDSA are ever accepted;
+    /// anything else given here is dropped); `require_typ` demands `typ: at+jwt`.
+    pub fn external(jwks: Arc<jwks::JwksCache>, audience: &str, algorithms: &[Algorithm], require_typ: bool, max_lifetime: Duration) -> Self {
+        let name = jwks.issuer().to_owned();
+        let validations = algorithms
+            .iter()
+            .filter(|alg| matches!(alg, Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256 | Algorithm::EdDSA))
+            .map(|alg| (*alg, validation(*alg, &name, audience)))
+            .collect();
+        Self { issuer: name, keys: Keys::Jwks(jwks), validations, require_typ, max_lifetime }
+    }
+
+    /// The issuer identifier.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+}
+
+fn validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.validate_nbf = true;
+    validation
+}
+
 // === impl ResourceServer ===
 
 impl ResourceServer {
-    /// A resource server for `resource` (the canonical URI, `aud`) trusting `embedded`.
-    /// `leeway` applies to `exp`/`nbf`/`iat`; `max_lifetime` bounds `exp - iat`.
-    pub fn new(embedded: Arc<EmbeddedIssuer>, resource: &str, leeway: Duration, max_lifetime: Duration) -> Self {
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.set_issuer(&[embedded.issuer()]);
-        validation.set_audience(&[resource]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = leeway.as_secs();
-        validation.validate_nbf = true;
-        Self { embedded, validation, max_lifetime, leeway: leeway.as_secs() }
+    /// A resource server accepting tokens from `issuers`; `leeway` (at most 60 s, enforced by
+    /// configuration) applies to `exp`, `nbf` and `iat`.
+    pub fn new(issuers: Vec<TrustedIssuer>, leeway: Duration) -> Self {
+        let leeway_secs = leeway.as_secs();
+        let issuers = issuers
+            .into_iter()
+            .map(|mut issuer| {
+                for (_, validation) in &mut issuer.validations {
+                    validation.leeway = leeway_secs;
+                }
+                issuer
+            })
+            .collect();
+        Self { issuers, leeway: leeway_secs }
+    }
+
+    /// The trusted issuers' identifiers (published in RFC 9728 metadata).
+    pub fn issuers(&self) -> impl Iterator<Item = &str> {
+        self.issuers.iter().map(TrustedIssuer::issuer)
     }
 
     /// Authenticates the value of an `Authorization` header.
     ///
     /// # Errors
     /// An [`Error`] naming why the token is refused; the caller answers 401.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Error> {
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Error> {
         let token = bearer_token(authorization).ok_or(Error::Missing)?;
-        let header = peek_header(token)?;
-        // RFC 8725 §3.1: only the algorithm we expect for this issuer, decided before any
-        // cryptography; `none` and HMAC (key confusion with a public key) never verify.
-        if header.alg != "ES256" {
+        let (header, payload) = peek(token)?;
+        // RFC 8725 §3.1: decide the algorithm before any cryptography; `none` and HMAC
+        // (key confusion with a public key) never verify, whatever the issuer.
+        let alg: Algorithm = header.alg.parse().map_err(|_| Error::AlgorithmNotAllowed)?;
+        if !matches!(alg, Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256 | Algorithm::EdDSA) {
             return Err(Error::AlgorithmNotAllowed);
         }
-        if header.kid.as_deref().is_some_and(|kid| kid != self.embedded.key().kid()) {
-            return Err(Error::UnknownKey);
+        // RFC 8725 §3.8: the issuer selects the keys and rules; it must be trusted exactly.
+        let iss = payload.iss.ok_or(Error::MissingClaim)?;
+        let issuer = self.issuers.iter().find(|i| i.issuer == iss).ok_or(Error::WrongIssuer)?;
+        let validation = issuer.validations.iter().find(|(a, _)| *a == alg).map(|(_, v)| v).ok_or(Error::AlgorithmNotAllowed)?;
+        if issuer.require_typ && !header.typ.as_deref().is_some_and(is_access_token_type) {
+            return Err(Error::WrongType);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, self.embedded.key().decoding_key(), &self.validation)
-            .map_err(map_jwt_error)?;
-        let claims = data.claims;
+        let claims = match &issuer.keys {
+            Keys::Embedded(embedded) => {
+                if header.kid.as_deref().is_some_and(|kid| kid != embedded.key().kid()) {
+                    return Err(Error::UnknownKey);
+                }
+                jsonwebtoken::decode::<Claims>(token, embedded.key().decoding_key(), validation)
+            }
+            Keys::Jwks(cache) => {
+                let key = cache.key(header.kid.as_deref()).await.ok_or(Error::UnknownKey)?;
+                if !key.supports(alg) {
+                    return Err(Error::AlgorithmNotAllowed);
+                }
+                jsonwebtoken::decode::<Claims>(token, key.decoding_key(), validation)
+            }
+        }
+        .map_err(map_jwt_error)?
+        .claims;
         let now = issuer::unix_now();
         if claims.iat.is_some_and(|iat| iat > now + self.leeway) {
             return Err(Error::NotYetValid);
         }
-        let (Some(exp), Some(subject), Some(issuer)) = (claims.exp, claims.sub, claims.iss) else {
+        let (Some(exp), Some(subject), Some(iss)) = (claims.exp, claims.sub, claims.iss) else {
             return Err(Error::MissingClaim);
         };
-        if let Some(iat) = claims.iat
-            && exp.saturating_sub(iat) > self.max_lifetime.as_secs()
-        {
+        // "Short-lived" is enforced: a token claiming a longer life than allowed is refused
+        // even while unexpired. Without `iat`, the remaining life is bounded instead.
+        let lifetime = exp.saturating_sub(claims.iat.unwrap_or(now));
+        if lifetime > issuer.max_lifetime.as_secs() + self.leeway {
             return Err(Error::LifetimeTooLong);
         }
         let mut scopes: BTreeSet<String> =
             claims.scope.as_deref().unwrap_or_default().split_ascii_whitespace().map(str::to_owned).collect();
-        scopes.extend(claims.scp.unwrap_or_default());
+        match claims.scp {
+            Some(ScopeClaim::List(list)) => scopes.extend(list),
+            Some(ScopeClaim::Text(text)) => scopes.extend(text.split_ascii_whitespace().map(str::to_owned)),
+            None => {}
+        }
         Ok(Principal {
-            issuer,
+            issuer: iss,
             subject,
             client_id: claims.client_id.or(claims.azp),
             scopes,
@@ -245,6 +354,12 @@ impl ResourceServer {
     }
 }
 
+/// RFC 9068 §2.1: `at+jwt`, also written `application/at+jwt`, case-insensitive.
+fn is_access_token_type(typ: &str) -> bool {
+    let typ = typ.to_ascii_lowercase();
+    typ == "at+jwt" || typ == "application/at+jwt"
+}
+
 fn bearer_token(authorization: Option<&str>) -> Option<&str> {
     let value = authorization?.trim();
     let (scheme, token) = value.split_once(' ')?;
@@ -252,13 +367,17 @@ fn bearer_token(authorization: Option<&str>) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
-fn peek_header(token: &str) -> Result<JoseHeader, Error> {
+fn peek(token: &str) -> Result<(JoseHeader, IssuerOnly), Error> {
     let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(header), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(Error::Malformed);
     };
-    let bytes = URL_SAFE_NO_PAD.decode(header).map_err(|_| Error::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| Error::Malformed)
+    let header = URL_SAFE_NO_PAD.decode(header).map_err(|_| Error::Malformed)?;
+    let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Error::Malformed)?;
+    Ok((
+        serde_json::from_slice(&header).map_err(|_| Error::Malformed)?,
+        serde_json::from_slice(&payload).map_err(|_| Error::Malformed)?,
+    ))
 }
 
 fn map_jwt_error(error: jsonwebtoken::errors::Error) -> Error {

@@ -18,7 +18,7 @@ use http::HeaderName;
 use secrecy::SecretString;
 use url::Url;
 
-pub use raw::{AuthConfig, Config, CredentialConfig, UpstreamConfig};
+pub use raw::{AuthConfig, Config, CredentialConfig, IssuerConfig, UpstreamConfig};
 
 /// Environment variable prefix for configuration overrides (`PORTCULLIS_LISTEN`,
 /// `PORTCULLIS_AUTH__MAX_TOKEN_TTL`: `__` separates nested keys).
@@ -100,6 +100,45 @@ pub struct AuthSettings {
     pub leeway: Duration,
     /// Scopes advertised in protected-resource metadata and `WWW-Authenticate` challenges.
     pub scopes_supported: Vec<String>,
+    /// Whether tokens of the embedded authorization server are accepted.
+    pub embedded_issuer: bool,
+    /// Where the gateway's own signing key comes from.
+    pub signing_key: SigningKeySource,
+    /// Trusted external authorization servers.
+    pub issuers: Vec<IssuerSettings>,
+}
+
+/// Source of the gateway's signing key (embedded issuer tokens, identity assertions,
+/// audit checkpoints).
+#[derive(Debug, Clone)]
+pub enum SigningKeySource {
+    /// `<data_dir>/issuer/signing-key.pem`, generated on first start.
+    DataDir,
+    /// A PEM file (`auth.signing_key_file`).
+    File(PathBuf),
+    /// PEM text from the environment variable named by `auth.signing_key_env`.
+    Pem(SecretString),
+}
+
+/// A trusted external authorization server, validated.
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// Issuer identifier (exact).
+    pub issuer: String,
+    /// Expected audience.
+    pub audience: String,
+    /// Accepted algorithms (a subset of RS256, PS256, ES256, EdDSA).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// JWKS URL, or `None` to discover it.
+    pub jwks_uri: Option<Url>,
+    /// Require `typ: at+jwt`.
+    pub require_typ: bool,
+    /// Longest accepted `exp - iat`.
+    pub max_token_lifetime: Duration,
+    /// Periodic JWKS refresh interval.
+    pub jwks_refresh_interval: Duration,
+    /// Minimum interval between unknown-`kid` refreshes.
+    pub jwks_min_refresh_interval: Duration,
 }
 
 /// One allow-listed upstream MCP server.
@@ -220,12 +259,35 @@ impl Settings {
         if config.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
         }
+        let signing_key = match (&config.auth.signing_key_file, &config.auth.signing_key_env) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("auth.signing_key_file", "set either signing_key_file or signing_key_env, not both"));
+            }
+            (Some(path), None) => SigningKeySource::File(path.clone()),
+            (None, Some(name)) => match env.get(name).filter(|v| !v.is_empty()) {
+                Some(pem) => SigningKeySource::Pem(SecretString::from(pem.clone())),
+                None => {
+                    return Err(invalid("auth.signing_key_env", &format!("environment variable {name} is not set")));
+                }
+            },
+            (None, None) => SigningKeySource::DataDir,
+        };
+        let mut issuers = Vec::with_capacity(config.auth.issuer.len());
+        for (index, issuer) in config.auth.issuer.iter().enumerate() {
+            issuers.push(issuer_settings(issuer, index, &resource, config.auth.max_token_ttl)?);
+        }
+        if !config.auth.embedded_issuer && issuers.is_empty() {
+            return Err(invalid("auth.embedded_issuer", "is false but no [[auth.issuer]] is configured: no token could ever be accepted"));
+        }
         let auth = AuthSettings {
             issuer: base.clone(),
             default_token_ttl: config.auth.default_token_ttl,
             max_token_ttl: config.auth.max_token_ttl,
             leeway: config.auth.leeway,
             scopes_supported: crate::policy::DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+            embedded_issuer: config.auth.embedded_issuer,
+            signing_key,
+            issuers,
         };
         if auth.leeway > Duration::from_secs(60) {
             return Err(invalid("auth.leeway", "must be at most 60s (RFC 8725 §3.10 short skew)"));
@@ -313,6 +375,54 @@ fn host_allow_lists(
     hosts.extend(extra_hosts);
     origins.extend(extra_origins);
     (hosts, origins)
+}
+
+fn issuer_settings(issuer: &IssuerConfig, index: usize, resource: &str, default_lifetime: Duration) -> Result<IssuerSettings, Error> {
+    use jsonwebtoken::Algorithm;
+    let key = format!("auth.issuer[{index}]");
+    let url = Url::parse(&issuer.issuer).map_err(|e| invalid(&format!("{key}.issuer"), &format!("not a URL: {e}")))?;
+    if crate::auth::jwks::require_secure(&url).is_err() {
+        return Err(invalid(&format!("{key}.issuer"), "must use https (http only on loopback)"));
+    }
+    let algorithms = match &issuer.algorithms {
+        None => vec![Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::EdDSA],
+        Some(names) => {
+            let mut algorithms = Vec::new();
+            for name in names {
+                match name.as_str() {
+                    "RS256" => algorithms.push(Algorithm::RS256),
+                    "PS256" => algorithms.push(Algorithm::PS256),
+                    "ES256" => algorithms.push(Algorithm::ES256),
+                    "EdDSA" => algorithms.push(Algorithm::EdDSA),
+                    other => {
+                        return Err(invalid(
+                            &format!("{key}.algorithms"),
+                            &format!("{other:?} is not allowed (asymmetric only: RS256, PS256, ES256, EdDSA; RFC 8725 §3.1)"),
+                        ));
+                    }
+                }
+            }
+            if algorithms.is_empty() {
+                return Err(invalid(&format!("{key}.algorithms"), "must not be empty"));
+            }
+            algorithms
+        }
+    };
+    if let Some(uri) = &issuer.jwks_uri
+        && crate::auth::jwks::require_secure(uri).is_err()
+    {
+        return Err(invalid(&format!("{key}.jwks_uri"), "must use https (http only on loopback)"));
+    }
+    Ok(IssuerSettings {
+        issuer: issuer.issuer.clone(),
+        audience: issuer.audience.clone().unwrap_or_else(|| resource.to_owned()),
+        algorithms,
+        jwks_uri: issuer.jwks_uri.clone(),
+        require_typ: issuer.require_typ,
+        max_token_lifetime: issuer.max_token_lifetime.unwrap_or(default_lifetime),
+        jwks_refresh_interval: issuer.jwks_refresh_interval,
+        jwks_min_refresh_interval: issuer.jwks_min_refresh_interval,
+    })
 }
 
 fn upstream_settings(

@@ -53,6 +53,54 @@ pub struct AuthConfig {
     /// Clock-skew leeway for `exp`/`nbf` (default `30s`, at most `60s`).
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// Accept tokens from the embedded authorization server (default `true`).
+    pub embedded_issuer: bool,
+    /// PEM (PKCS#8 P-256) file with the gateway's signing key, instead of the data dir.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Environment variable holding the PEM signing key (e.g. from a Kubernetes Secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key_env: Option<String>,
+    /// Trusted external authorization servers (`[[auth.issuer]]`).
+    pub issuer: Vec<IssuerConfig>,
+}
+
+/// `[[auth.issuer]]`: a trusted external authorization server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Issuer identifier, compared exactly with `iss` and with discovery metadata.
+    pub issuer: String,
+    /// Expected `aud` (default: the canonical resource URI `<public_url>/mcp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Accepted algorithms (default `["RS256", "PS256", "ES256", "EdDSA"]`; nothing else is
+    /// ever accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// JWKS URL; when absent it is discovered (RFC 8414, then OpenID Connect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<Url>,
+    /// Require `typ: at+jwt` (RFC 9068) (default `false`: many IdPs send `JWT`).
+    #[serde(default)]
+    pub require_typ: bool,
+    /// Longest accepted `exp - iat` (default `auth.max_token_ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    pub max_token_lifetime: Option<Duration>,
+    /// Periodic JWKS refresh (default `5m`).
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh_interval: Duration,
+    /// Minimum time between refreshes triggered by an unknown `kid` (default `30s`).
+    #[serde(default = "default_jwks_min_refresh", with = "humantime_serde")]
+    pub jwks_min_refresh_interval: Duration,
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_jwks_min_refresh() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[[upstream]]`: one allow-listed upstream MCP server.
@@ -129,6 +177,10 @@ impl Default for AuthConfig {
             default_token_ttl: Duration::from_secs(15 * 60),
             max_token_ttl: Duration::from_secs(60 * 60),
             leeway: Duration::from_secs(30),
+            embedded_issuer: true,
+            signing_key_file: None,
+            signing_key_env: None,
+            issuer: Vec::new(),
         }
     }
 }

@@ -12,10 +12,9 @@ pub(super) async fn protected_resource(State(state): State<AppState>) -> impl In
     let settings = &state.settings;
     Json(json!({
         "resource": settings.resource,
-        "authorization_servers": [settings.auth.issuer],
+        "authorization_servers": state.resource_server.issuers().collect::<Vec<_>>(),
         "scopes_supported": settings.auth.scopes_supported,
         "bearer_methods_supported": ["header"],
-        "resource_signing_alg_values_supported": ["ES256"],
         "resource_name": "Portcullis MCP gateway",
     }))
 }

@@ -116,7 +116,7 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
     }
     // 2. Authentication.
     let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let principal = match state.resource_server.authenticate(authorization) {
+    let principal = match state.resource_server.authenticate(authorization).await {
         Ok(principal) => principal,
         Err(error) => return unauthorized(&state.settings, error),
     };

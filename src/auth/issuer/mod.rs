@@ -132,6 +132,15 @@ impl SigningKey {
         }
     }
 
+    /// Loads a key from PEM text (PKCS#8, `-----BEGIN PRIVATE KEY-----`).
+    ///
+    /// # Errors
+    /// [`Error::BadKey`] naming `origin` when the text is not a P-256 PKCS#8 key.
+    pub fn from_pem(pem: &str, origin: &Path) -> Result<Self, Error> {
+        let der = decode_pem(pem).ok_or_else(|| Error::BadKey { path: origin.to_owned() })?;
+        Self::from_pkcs8(&der).map_err(|_| Error::BadKey { path: origin.to_owned() })
+    }
+
     /// Builds the key from PKCS#8 DER bytes of a P-256 private key.
     ///
     /// # Errors

@@ -1,0 +1,112 @@
+//! A real external IdP (oidc-provider) trusted by the gateway: its client-credentials tokens
+//! work, forged and misissued ones fail, and a key rotation is picked up without a restart.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use crate::common::{self, Fixture, Gateway, IdentityProvider, UpstreamSpec};
+
+async fn status_for(gateway: &Gateway, token: &str) -> (u16, String) {
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"oauth-test","version":"0"}}});
+    let response = reqwest::Client::new()
+        .post(&gateway.url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (response.status().as_u16(), challenge)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn forge(idp: &IdentityProvider, kid: &str, claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    header.typ = Some("at+jwt".into());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(idp.private_key_pem.as_bytes()).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn external_idp_tokens_are_validated_and_rotation_needs_no_restart() {
+    let fixture = Fixture::start(&[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let resource = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let idp = IdentityProvider::start(0, "k1", &resource).await;
+    let issuer = idp.issuer.clone();
+    let gateway = Gateway::start_on(listener, vec![UpstreamSpec::new("fx", &fixture.url)], |config| {
+        let mut trusted: portcullis::config::IssuerConfig =
+            serde_json::from_value(json!({"issuer": issuer, "jwks_min_refresh_interval": "1s"})).unwrap();
+        trusted.require_typ = false;
+        config.auth.issuer.push(trusted);
+    })
+    .await;
+
+    // A real client-credentials token from the IdP, audience = our resource (RFC 8707).
+    let token = idp.client_credentials(&resource, "mcp:tools").await;
+    let (client, _) = common::connect(&gateway.url, &token).await.unwrap();
+    let tools = client.peer().list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "fx__echo"));
+    client.cancel().await.unwrap();
+
+    // Tokens for another audience, from another issuer, and forged ones are refused.
+    let base = json!({"iss": idp.issuer, "sub": "svc", "aud": resource, "iat": now(), "exp": now() + 300, "scope": "mcp:tools", "client_id": "gateway-svc"});
+    let with = |patch: Value| {
+        let mut claims = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        claims
+    };
+    assert_eq!(status_for(&gateway, &forge(&idp, "k1", &base)).await.0, 200, "control: a well-formed forged-by-IdP token is accepted");
+    let other_audience = idp.client_credentials("http://other.example/mcp", "mcp:tools").await;
+    let cases: Vec<(&str, String)> = vec![
+        ("another audience (real IdP token)", other_audience),
+        ("another issuer", forge(&idp, "k1", &with(json!({"iss": "http://127.0.0.1:1"})))),
+        ("expired", forge(&idp, "k1", &with(json!({"iat": now() - 900, "exp": now() - 600})))),
+        ("not yet valid", forge(&idp, "k1", &with(json!({"nbf": now() + 600})))),
+        ("too long-lived", forge(&idp, "k1", &with(json!({"exp": now() + 3 * 3600})))),
+        ("unknown kid", forge(&idp, "not-a-key", &base)),
+        ("alg none", {
+            let header = base64_url(&json!({"alg": "none", "typ": "at+jwt", "kid": "k1"}));
+            format!("{header}.{}.", base64_url(&base))
+        }),
+        ("HS256 keyed with the RSA public key", {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("k1".into());
+            jsonwebtoken::encode(&header, &base, &EncodingKey::from_secret(idp.public_key_pem.as_bytes())).unwrap()
+        }),
+        ("tampered payload", {
+            let good = forge(&idp, "k1", &base);
+            let parts: Vec<&str> = good.split('.').collect();
+            format!("{}.{}.{}", parts[0], base64_url(&with(json!({"sub": "admin", "scope": "mcp:tools mcp:prompts"}))), parts[2])
+        }),
+    ];
+    for (case, token) in &cases {
+        let (status, challenge) = status_for(&gateway, token).await;
+        assert_eq!(status, 401, "{case} was accepted");
+        assert!(challenge.contains("error=\"invalid_token\""), "{case}: {challenge}");
+    }
+
+    // Rotation: the IdP restarts with a new key; the gateway refetches on the unknown kid.
+    let port = idp.port;
+    idp.stop().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the unknown-kid rate limit
+    let rotated = IdentityProvider::start(port, "k2", &resource).await;
+    let token = rotated.client_credentials(&resource, "mcp:tools").await;
+    let (status, challenge) = status_for(&gateway, &token).await;
+    assert_eq!(status, 200, "rotated key not picked up: {challenge}");
+    rotated.stop().await;
+    gateway.stop().await;
+}
+
+fn base64_url(value: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+}
