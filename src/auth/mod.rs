@@ -181,6 +181,7 @@ impl Principal {
 
     /// A principal with every attribute set, for unit tests of other modules.
     #[cfg(test)]
+    #[allow(dead_code)] // used by the policy tests
     pub(crate) fn for_tests_full(
         issuer: &str,
         subject: &str,

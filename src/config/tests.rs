@@ -33,7 +33,9 @@ fn unknown_key_names_key_and_file() {
     let file = write("listen = \"127.0.0.1:9000\"\nlisten_adress = \"x\"\n");
     let error = Config::load(Some(file.path()), &HashMap::new(), &Overrides::default()).unwrap_err().to_string();
     assert!(error.contains("listen_adress"), "{error}");
-    assert!(error.contains(&file.path().display().to_string()), "{error}");
+    // figment names the file relative to the working directory when it can.
+    let name = file.path().file_name().unwrap().to_string_lossy().into_owned();
+    assert!(error.contains(&name), "{error}");
     let nested = write("[[upstream]]\nname = \"a\"\nurl = \"http://a/mcp\"\ntimeout = \"5s\"\n");
     let error = Config::load(Some(nested.path()), &HashMap::new(), &Overrides::default()).unwrap_err().to_string();
     assert!(error.contains("timeout"), "{error}");
