@@ -18,7 +18,7 @@ use http::HeaderName;
 use secrecy::SecretString;
 use url::Url;
 
-pub use raw::{AuthConfig, Config, CredentialConfig, IssuerConfig, UpstreamConfig};
+pub use raw::{AuthConfig, Config, CredentialConfig, IssuerConfig, OAuthGrant, UpstreamConfig, UpstreamOAuthConfig};
 
 /// Environment variable prefix for configuration overrides (`PORTCULLIS_LISTEN`,
 /// `PORTCULLIS_AUTH__MAX_TOKEN_TTL`: `__` separates nested keys).
@@ -156,6 +156,33 @@ pub struct UpstreamSettings {
     pub request_timeout: Duration,
     /// Static credential sent on every request to this upstream, if configured.
     pub credential: Option<StaticCredential>,
+    /// OAuth credential the gateway obtains for this upstream, if configured.
+    pub oauth: Option<UpstreamOAuth>,
+    /// Header for the identity assertion, or `None` when disabled.
+    pub identity_header: Option<HeaderName>,
+    /// `aud` of identity assertions.
+    pub identity_audience: String,
+    /// Lifetime of identity assertions.
+    pub identity_ttl: Duration,
+}
+
+/// An OAuth credential toward an upstream; the secret came from the environment.
+#[derive(Debug, Clone)]
+pub struct UpstreamOAuth {
+    /// Grant type.
+    pub grant: OAuthGrant,
+    /// Token endpoint.
+    pub token_url: Url,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: SecretString,
+    /// Scopes to request.
+    pub scopes: Vec<String>,
+    /// RFC 8707 resource.
+    pub resource: String,
+    /// RFC 8693 audience.
+    pub audience: Option<String>,
 }
 
 /// A static header credential whose value came from the environment, never the file.
@@ -468,13 +495,52 @@ fn upstream_settings(
             Some(StaticCredential { header, value: SecretString::from(value) })
         }
     };
+    let oauth = match upstream.oauth {
+        None => None,
+        Some(_) if credential.is_some() => {
+            return Err(invalid(&format!("{key}.oauth"), "set either credential or oauth, not both"));
+        }
+        Some(oauth) => {
+            if crate::auth::jwks::require_secure(&oauth.token_url).is_err() {
+                return Err(invalid(&format!("{key}.oauth.token_url"), "must use https (http only on loopback)"));
+            }
+            let Some(secret) = env.get(&oauth.client_secret_env).filter(|v| !v.is_empty()) else {
+                return Err(invalid(
+                    &format!("{key}.oauth.client_secret_env"),
+                    &format!("environment variable {} is not set", oauth.client_secret_env),
+                ));
+            };
+            Some(UpstreamOAuth {
+                grant: oauth.grant,
+                token_url: oauth.token_url,
+                client_id: oauth.client_id,
+                client_secret: SecretString::from(secret.clone()),
+                scopes: oauth.scope.unwrap_or_default().split_ascii_whitespace().map(str::to_owned).collect(),
+                resource: oauth.resource.unwrap_or_else(|| upstream.url.to_string()),
+                audience: oauth.audience,
+            })
+        }
+    };
+    let identity_header = match upstream.identity_header.as_str() {
+        "" => None,
+        name => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            invalid(&format!("{key}.identity_header"), "not a valid HTTP header name")
+        })?),
+    };
+    if upstream.identity_ttl.is_zero() || upstream.identity_ttl > Duration::from_secs(300) {
+        return Err(invalid(&format!("{key}.identity_ttl"), "must be between 1s and 5m"));
+    }
     Ok(UpstreamSettings {
+        identity_audience: upstream.identity_audience.unwrap_or_else(|| upstream.url.to_string()),
         name: upstream.name,
         url: upstream.url,
         tool_prefix,
         connect_timeout: upstream.connect_timeout,
         request_timeout: upstream.request_timeout,
         credential,
+        oauth,
+        identity_header,
+        identity_ttl: upstream.identity_ttl,
     })
 }
 

@@ -123,6 +123,61 @@ pub struct UpstreamConfig {
     /// Optional static credential header whose value comes from an environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialConfig>,
+    /// Optional OAuth 2.0 credential (client credentials or RFC 8693 token exchange).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<UpstreamOAuthConfig>,
+    /// Header carrying the gateway-signed identity assertion (default
+    /// `X-Portcullis-Identity`; `""` disables it).
+    #[serde(default = "default_identity_header")]
+    pub identity_header: String,
+    /// `aud` of identity assertions (default: the upstream's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_audience: Option<String>,
+    /// Lifetime of identity assertions (default `60s`).
+    #[serde(default = "default_identity_ttl", with = "humantime_serde")]
+    pub identity_ttl: Duration,
+}
+
+/// `[upstream.oauth]`: the gateway obtains its own access token for this upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOAuthConfig {
+    /// `client_credentials` (RFC 6749 §4.4) or `token_exchange` (RFC 8693, on behalf of the
+    /// caller, with the identity assertion as subject token).
+    pub grant: OAuthGrant,
+    /// Token endpoint URL.
+    pub token_url: Url,
+    /// The gateway's client id at that authorization server.
+    pub client_id: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: String,
+    /// Space-separated scopes to request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// RFC 8707 `resource` to request (default: the upstream's URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// RFC 8693 `audience` (token exchange only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+/// The OAuth grant the gateway uses toward an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthGrant {
+    /// RFC 6749 §4.4.
+    ClientCredentials,
+    /// RFC 8693.
+    TokenExchange,
+}
+
+fn default_identity_header() -> String {
+    "X-Portcullis-Identity".to_owned()
+}
+
+fn default_identity_ttl() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[upstream.credential]`: a header whose value is read from the environment at start.
@@ -197,6 +252,10 @@ impl UpstreamConfig {
             connect_timeout: default_connect_timeout(),
             request_timeout: default_request_timeout(),
             credential: None,
+            oauth: None,
+            identity_header: default_identity_header(),
+            identity_audience: None,
+            identity_ttl: default_identity_ttl(),
         }
     }
 }

@@ -39,7 +39,10 @@ use rmcp::{
 use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 
-use crate::{config::UpstreamSettings, policy::Grant};
+pub mod credentials;
+
+use crate::{auth::issuer::EmbeddedIssuer, config::UpstreamSettings, policy::Grant};
+use credentials::{CallContext, CredentialSource, GatewayHttpClient, SessionIdentity};
 
 /// JSON-RPC error code: the upstream could not be reached or its session failed.
 pub const UPSTREAM_UNAVAILABLE: i32 = -32050;
@@ -99,6 +102,8 @@ pub struct Upstream {
     name: Arc<str>,
     settings: UpstreamSettings,
     http: reqwest::Client,
+    credentials: Arc<CredentialSource>,
+    signer: Arc<EmbeddedIssuer>,
 }
 
 /// Sender of catalog events: which upstream announced which list change.
@@ -149,14 +154,17 @@ pub struct Origin {
     pub request_id: Option<RequestId>,
     /// The client's `_meta` (progress token, trace context, …).
     pub meta: RequestMetaObject,
+    /// `kind:upstream/name` of the target, for the identity assertion.
+    pub target: String,
 }
 
 // === impl Upstream ===
 
 impl Upstream {
-    /// An upstream reached with the shared `http` client.
-    pub fn new(settings: UpstreamSettings, http: reqwest::Client) -> Self {
-        Self { name: Arc::from(settings.name.as_str()), settings, http }
+    /// An upstream reached with the shared `http` client; `signer` signs identity assertions.
+    pub fn new(settings: UpstreamSettings, http: reqwest::Client, signer: Arc<EmbeddedIssuer>) -> Self {
+        let credentials = Arc::new(CredentialSource::new(settings.clone(), http.clone()));
+        Self { name: Arc::from(settings.name.as_str()), settings, http, credentials, signer }
     }
 
     /// The configured name.
@@ -178,19 +186,18 @@ impl Upstream {
     /// # Errors
     /// [`Error::Unavailable`] on connection or handshake failure, [`Error::Timeout`] when the
     /// handshake does not finish in time.
-    pub async fn connect(&self, client: Option<&ClientConfig>, target: RelayTarget) -> Result<Connection, Error> {
-        let mut headers = HashMap::new();
-        if let Some(credential) = &self.settings.credential {
-            let value = HeaderValue::from_str(credential.value.expose_secret())
-                .map_err(|_| self.unavailable("credential is not a valid header value"))?;
-            let mut value = value;
-            value.set_sensitive(true);
-            headers.insert(credential.header.clone(), value);
-        }
-        let transport_config = StreamableHttpClientTransportConfig::with_uri(self.settings.url.as_str())
-            .custom_headers(headers)
-            .reinit_on_expired_session(true);
-        let transport = StreamableHttpClientTransport::with_client(self.http.clone(), transport_config);
+    pub async fn connect(
+        &self,
+        client: Option<&ClientConfig>,
+        target: RelayTarget,
+        identity: Option<SessionIdentity>,
+    ) -> Result<Connection, Error> {
+        // Credentials and identity assertions are added per HTTP request by the client
+        // wrapper; the transport itself carries no fixed headers.
+        let transport_config =
+            StreamableHttpClientTransportConfig::with_uri(self.settings.url.as_str()).reinit_on_expired_session(true);
+        let http = GatewayHttpClient::new(self.http.clone(), self.credentials.clone(), self.signer.clone(), &self.settings, identity);
+        let transport = StreamableHttpClientTransport::with_client(http, transport_config);
         let routes = Arc::new(Routes::default());
         let relay = Relay { upstream: self.name.clone(), target, config: client_config(client), routes: routes.clone() };
         let service = tokio::time::timeout(self.settings.connect_timeout, rmcp::serve_client(relay, transport))
@@ -246,6 +253,9 @@ impl Connection {
         if grant.upstream() != &*self.upstream {
             return Err(Error::GrantMismatch { upstream: self.upstream.clone(), granted: grant.upstream().to_owned() });
         }
+        let mut request = request;
+        let call = CallContext { scopes: grant.scopes().to_vec(), target: origin.target.clone() };
+        rmcp::model::GetExtensions::extensions_mut(&mut request).insert(call);
         self.send(request, origin).await
     }
 
