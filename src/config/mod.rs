@@ -48,6 +48,13 @@ impl From<figment::Error> for Error {
     }
 }
 
+impl From<crate::policy::Error> for Error {
+    fn from(error: crate::policy::Error) -> Self {
+        let crate::policy::Error::InvalidRule { key, reason } = error;
+        Self::Invalid { key, reason }
+    }
+}
+
 /// Command-line values that override the file and the environment (`portcullis serve` flags).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -85,6 +92,9 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The allow-listed upstream MCP servers, in configuration order.
     pub upstreams: Vec<UpstreamSettings>,
+    /// Compiled `[[policy]]` rules in configuration order; empty → the default rules
+    /// (`crate::policy::Policy::from_rules`).
+    pub policy: Vec<crate::policy::Rule>,
 }
 
 /// Token issuance and validation settings.
@@ -117,6 +127,8 @@ pub struct UpstreamSettings {
     pub request_timeout: Duration,
     /// Static credential sent on every request to this upstream, if configured.
     pub credential: Option<StaticCredential>,
+    /// Whether policy rules may rely on this upstream's tool annotations (`readOnlyHint`, …).
+    pub trusted_annotations: bool,
 }
 
 /// A static header credential whose value came from the environment, never the file.
@@ -197,7 +209,7 @@ impl Settings {
     /// # Errors
     /// [`Error::Invalid`] naming the key: a bad public URL, a duplicate or malformed upstream
     /// name, a non-HTTP(S) upstream URL, a credential whose environment variable is unset, a
-    /// leeway above 60 seconds, or a zero body cap.
+    /// leeway above 60 seconds, a zero body cap, or a `[[policy]]` rule that does not compile.
     pub fn from_config(config: Config, env: &HashMap<String, String>) -> Result<Self, Error> {
         let listen = config.listen.unwrap_or(raw::DEFAULT_LISTEN);
         let public_url = match config.public_url {
@@ -220,7 +232,7 @@ impl Settings {
         if config.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
         }
-        let auth = AuthSettings {
+        let mut auth = AuthSettings {
             issuer: base.clone(),
             default_token_ttl: config.auth.default_token_ttl,
             max_token_ttl: config.auth.max_token_ttl,
@@ -246,6 +258,9 @@ impl Settings {
             }
             upstreams.push(settings);
         }
+        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        let policy = crate::policy::compile_rules(&config.policy, &names)?;
+        auth.scopes_supported = crate::policy::Policy::from_rules(policy.clone()).scopes_supported();
 
         Ok(Self {
             listen,
@@ -258,6 +273,7 @@ impl Settings {
             session_idle_timeout: config.session_idle_timeout,
             auth,
             upstreams,
+            policy,
         })
     }
 
@@ -365,6 +381,7 @@ fn upstream_settings(
         connect_timeout: upstream.connect_timeout,
         request_timeout: upstream.request_timeout,
         credential,
+        trusted_annotations: upstream.trusted_annotations,
     })
 }
 

@@ -38,6 +38,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Allow-listed upstream MCP servers (`[[upstream]]` tables).
     pub upstream: Vec<UpstreamConfig>,
+    /// Policy rules (`[[policy]]` tables); none → the default scope rules.
+    pub policy: Vec<crate::policy::PolicyRuleConfig>,
 }
 
 /// `[auth]`: the embedded authorization server and token validation.
@@ -75,6 +77,9 @@ pub struct UpstreamConfig {
     /// Optional static credential header whose value comes from an environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialConfig>,
+    /// Whether policy rules may rely on this upstream's tool annotations (default false).
+    #[serde(default)]
+    pub trusted_annotations: bool,
 }
 
 /// `[upstream.credential]`: a header whose value is read from the environment at start.
@@ -117,6 +122,7 @@ impl Default for Config {
             session_idle_timeout: Duration::from_secs(30 * 60),
             auth: AuthConfig::default(),
             upstream: Vec::new(),
+            policy: Vec::new(),
         }
     }
 }
@@ -145,6 +151,7 @@ impl UpstreamConfig {
             connect_timeout: default_connect_timeout(),
             request_timeout: default_request_timeout(),
             credential: None,
+            trusted_annotations: false,
         }
     }
 }

@@ -140,7 +140,7 @@ impl SessionHandler {
 fn authorize(policy: &Policy, principal: &Principal, target: Target<'_>) -> Option<Grant> {
     match policy.decide(principal, target) {
         Decision::Allow(grant) => Some(grant),
-        Decision::DenyMissingScopes(_) => None,
+        Decision::DenyMissingScopes(_) | Decision::Deny { .. } => None,
     }
 }
 
@@ -257,7 +257,7 @@ impl ServerHandler for SessionHandler {
         let tools = catalog
             .tools()
             .iter()
-            .filter(|e| policy.permits(&principal, Target { kind: TargetKind::Tool, upstream: &e.upstream, name: &e.original }))
+            .filter(|e| policy.permits(&principal, Target::new(TargetKind::Tool, &e.upstream, &e.original)))
             .map(|e| e.item.clone())
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
@@ -273,7 +273,7 @@ impl ServerHandler for SessionHandler {
         let Some(entry) = catalog.tool(&request.name) else {
             return Err(hidden(TargetKind::Tool, &request.name));
         };
-        let target = Target { kind: TargetKind::Tool, upstream: &entry.upstream, name: &entry.original };
+        let target = Target::new(TargetKind::Tool, &entry.upstream, &entry.original);
         let advertised = std::mem::replace(&mut request.name, entry.original.clone().into());
         request.meta = None;
         let forwarded = self.forward(&principal, target, ClientRequest::CallToolRequest(Request::new(request)), &context);
@@ -300,7 +300,7 @@ impl ServerHandler for SessionHandler {
         let prompts = catalog
             .prompts()
             .iter()
-            .filter(|e| policy.permits(&principal, Target { kind: TargetKind::Prompt, upstream: &e.upstream, name: &e.original }))
+            .filter(|e| policy.permits(&principal, Target::new(TargetKind::Prompt, &e.upstream, &e.original)))
             .map(|e| e.item.clone())
             .collect();
         Ok(ListPromptsResult::with_all_items(prompts))
@@ -316,7 +316,7 @@ impl ServerHandler for SessionHandler {
         let Some(entry) = catalog.prompt(&request.name) else {
             return Err(hidden(TargetKind::Prompt, &request.name));
         };
-        let target = Target { kind: TargetKind::Prompt, upstream: &entry.upstream, name: &entry.original };
+        let target = Target::new(TargetKind::Prompt, &entry.upstream, &entry.original);
         request.name = entry.original.clone();
         request.meta = None;
         match self.forward(&principal, target, ClientRequest::GetPromptRequest(Request::new(request)), &context).await? {
@@ -337,7 +337,7 @@ impl ServerHandler for SessionHandler {
         let resources = catalog
             .resources()
             .iter()
-            .filter(|e| policy.permits(&principal, Target { kind: TargetKind::Resource, upstream: &e.upstream, name: &e.original }))
+            .filter(|e| policy.permits(&principal, Target::new(TargetKind::Resource, &e.upstream, &e.original)))
             .map(|e| e.item.clone())
             .collect();
         Ok(ListResourcesResult::with_all_items(resources))
@@ -355,7 +355,7 @@ impl ServerHandler for SessionHandler {
             .templates()
             .iter()
             .filter(|e| {
-                let target = Target { kind: TargetKind::Resource, upstream: &e.upstream, name: &e.item.uri_template };
+                let target = Target::new(TargetKind::Resource, &e.upstream, &e.item.uri_template);
                 policy.permits(&principal, target)
             })
             .map(|e| e.item.clone())
@@ -371,7 +371,7 @@ impl ServerHandler for SessionHandler {
         let principal = principal(&context)?;
         let uri = request.uri.clone();
         let upstream = self.resource_upstream(&uri)?;
-        let target = Target { kind: TargetKind::Resource, upstream: &upstream, name: &uri };
+        let target = Target::new(TargetKind::Resource, &upstream, &uri);
         request.meta = None;
         match self.forward(&principal, target, ClientRequest::ReadResourceRequest(Request::new(request)), &context).await? {
             ServerResult::ReadResourceResult(result) => Ok(ReadResourceResponse::Complete(result)),
@@ -385,7 +385,7 @@ impl ServerHandler for SessionHandler {
         let principal = principal(&context)?;
         let uri = request.uri.clone();
         let upstream = self.resource_upstream(&uri)?;
-        let target = Target { kind: TargetKind::Resource, upstream: &upstream, name: &uri };
+        let target = Target::new(TargetKind::Resource, &upstream, &uri);
         self.forward(&principal, target, ClientRequest::SubscribeRequest(Request::new(request)), &context).await?;
         Ok(())
     }
@@ -395,7 +395,7 @@ impl ServerHandler for SessionHandler {
         let principal = principal(&context)?;
         let uri = request.uri.clone();
         let upstream = self.resource_upstream(&uri)?;
-        let target = Target { kind: TargetKind::Resource, upstream: &upstream, name: &uri };
+        let target = Target::new(TargetKind::Resource, &upstream, &uri);
         self.forward(&principal, target, ClientRequest::UnsubscribeRequest(Request::new(request)), &context).await?;
         Ok(())
     }
@@ -418,7 +418,7 @@ impl ServerHandler for SessionHandler {
             prompt.name = original.clone();
         }
         request.meta = None;
-        let target = Target { kind, upstream: &upstream, name: &original };
+        let target = Target::new(kind, &upstream, &original);
         match self.forward(&principal, target, ClientRequest::CompleteRequest(Request::new(request)), &context).await? {
             ServerResult::CompleteResult(result) => Ok(result),
             other => convert(other, &upstream),
