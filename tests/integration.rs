@@ -426,3 +426,39 @@ async fn upstream_list_changes_reach_all_client_sessions() {
     watcher.cancel().await.unwrap();
     gateway.stop().await;
 }
+
+/// `portcullis policy explain` prints the deciding rule and exits 0 only when allowed.
+#[test]
+fn policy_explain_prints_the_rule_and_exits_by_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        "[[upstream]]\nname = \"gh\"\nurl = \"http://127.0.0.1:1/mcp\"\ntrusted_annotations = true\n\
+         [[policy]]\nname = \"readers\"\neffect = \"allow\"\ntools = [\"gh/*\"]\nwhen.scopes = [\"mcp:read\"]\n\
+         when.annotations = { readOnlyHint = true }\n\
+         [[policy]]\nname = \"sre\"\neffect = \"allow\"\ntools = [\"gh/*\"]\nwhen.scopes = [\"mcp:read\", \"mcp:write\"]\n\
+         when.claims.groups = [\"sre\"]\n",
+    )
+    .unwrap();
+    let explain = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["policy", "explain", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (code, out) = explain(&["--sub", "alice", "--scope", "mcp:read", "--annotations", "readOnly", "tool:gh/list_issues"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("decision: allow") && out.contains("rule: readers"), "{out}");
+    let (code, out) = explain(&["--sub", "alice", "--scope", "mcp:read", "--claim", "groups=sre", "tool:gh/create_issue"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("rule: sre") && out.contains("required scopes: mcp:read mcp:write") && out.contains("missing scopes: mcp:write"), "{out}");
+    let (code, out) = explain(&["--sub", "bob", "--scope", "mcp:read mcp:write", "tool:gh/create_issue"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("denied by default"), "{out}");
+}
