@@ -16,11 +16,12 @@
 //! - [`router`]: the per-session MCP server; dispatches lists to the catalog and calls to
 //!   upstreams; keeps the catalog in sync.
 //! - [`catalog`]: merged, prefixed catalog of upstream tools, prompts, resources, templates.
-//! - [`policy`]: deny-by-default decisions; [`policy::Grant`] proves a call was allowed.
+//! - [`policy`]: `[[policy]]` rules and deny-by-default decisions; [`policy::Grant`] proves a
+//!   call was allowed.
 //! - [`upstream`]: rmcp streamable-HTTP client connections to allow-listed upstreams and the
 //!   relay of their notifications and requests back to the right client session.
 //! - [`demo`]: the built-in demo upstream used by `portcullis demo`.
-//! - [`cli`]: command-line parsing and the `serve`, `token` and `demo` commands.
+//! - [`cli`]: command-line parsing and the `serve`, `token`, `demo` and `policy explain` commands.
 
 pub mod auth;
 pub mod catalog;

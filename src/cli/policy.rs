@@ -109,7 +109,8 @@ pub fn run(args: PolicyArgs, env: &std::collections::HashMap<String, String>) ->
     let allowed = matches!(verdict, Verdict::Allow(_));
     match verdict {
         Verdict::Allow(rule) => {
-            let _ = writeln!(out, "decision: allow\nrule: {}\nscopes used: {}", rule.name(), rule.scopes().join(" "));
+            let scopes = if rule.scopes().is_empty() { "(none)".to_owned() } else { rule.scopes().join(" ") };
+            let _ = writeln!(out, "decision: allow\nrule: {}\nscopes used: {scopes}", rule.name());
         }
         Verdict::DenyMissingScopes { rule, missing } => {
             let _ = writeln!(
