@@ -16,11 +16,12 @@
 //! - [`router`]: the per-session MCP server; dispatches lists to the catalog and calls to
 //!   upstreams; keeps the catalog in sync.
 //! - [`catalog`]: merged, prefixed catalog of upstream tools, prompts, resources, templates.
-//! - [`policy`]: deny-by-default decisions; [`policy::Grant`] proves a call was allowed.
+//! - [`policy`]: `[[policy]]` rules and deny-by-default decisions; [`policy::Grant`] proves a
+//!   call was allowed.
 //! - [`upstream`]: rmcp streamable-HTTP client connections to allow-listed upstreams and the
 //!   relay of their notifications and requests back to the right client session.
 //! - [`demo`]: the built-in demo upstream used by `portcullis demo`.
-//! - [`cli`]: command-line parsing and the `serve`, `token` and `demo` commands.
+//! - [`cli`]: command-line parsing and the `serve`, `token`, `demo` and `policy explain` commands.
 
 pub mod auth;
 pub mod catalog;
@@ -71,7 +72,8 @@ pub fn embedded_issuer(settings: &Settings) -> anyhow::Result<EmbeddedIssuer> {
             SigningKey::from_pem(pem.expose_secret(), std::path::Path::new("$auth.signing_key_env"))?
         }
     };
-    Ok(EmbeddedIssuer::new(key, settings.auth.issuer.clone(), settings.resource.clone(), settings.auth.max_token_ttl))
+    Ok(EmbeddedIssuer::new(key, settings.auth.issuer.clone(), settings.resource.clone(), settings.auth.max_token_ttl)
+        .with_scopes_supported(settings.auth.scopes_supported.clone()))
 }
 
 /// Builds the trusted issuers: the embedded one (unless disabled) and each external one,
@@ -115,7 +117,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
     let cancel = CancellationToken::new();
     let resource_server = Arc::new(ResourceServer::new(trusted_issuers(&settings, &issuer, &http, &cancel).await, settings.auth.leeway));
     let upstreams: Vec<Arc<Upstream>> =
-        settings.upstreams.iter().map(|u| Arc::new(Upstream::new(u.clone(), http.clone()))).collect();
+        settings.upstreams.iter().map(|u| Arc::new(Upstream::new(u.clone(), http.clone(), issuer.clone()))).collect();
     let catalog = Arc::new(CatalogStore::new(upstreams.iter().map(|u| u.name().clone()).collect()));
     let (list_changed, _) = tokio::sync::broadcast::channel(64);
     let mut sync = CatalogSync::new(upstreams.clone(), catalog.clone(), list_changed.clone());
@@ -131,7 +133,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
 
     let gateway = Arc::new(Gateway {
         settings: settings.clone(),
-        policy: Policy::default(),
+        policy: Policy::from_rules(settings.policy.clone()),
         catalog,
         upstreams: upstreams.iter().map(|u| (u.name().clone(), u.clone())).collect::<HashMap<_, _>>(),
         list_changed,

@@ -428,3 +428,102 @@ async fn upstream_list_changes_reach_all_client_sessions() {
     watcher.cancel().await.unwrap();
     gateway.stop().await;
 }
+
+/// `portcullis policy explain` prints the deciding rule and exits 0 only when allowed.
+#[test]
+fn policy_explain_prints_the_rule_and_exits_by_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        "[[upstream]]\nname = \"gh\"\nurl = \"http://127.0.0.1:1/mcp\"\ntrusted_annotations = true\n\
+         [[policy]]\nname = \"readers\"\neffect = \"allow\"\ntools = [\"gh/*\"]\nwhen.scopes = [\"mcp:read\"]\n\
+         when.annotations = { readOnlyHint = true }\n\
+         [[policy]]\nname = \"sre\"\neffect = \"allow\"\ntools = [\"gh/*\"]\nwhen.scopes = [\"mcp:read\", \"mcp:write\"]\n\
+         when.claims.groups = [\"sre\"]\n",
+    )
+    .unwrap();
+    let explain = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["policy", "explain", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (code, out) = explain(&["--sub", "alice", "--scope", "mcp:read", "--annotations", "readOnly", "tool:gh/list_issues"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("decision: allow") && out.contains("rule: readers"), "{out}");
+    let (code, out) = explain(&["--sub", "alice", "--scope", "mcp:read", "--claim", "groups=sre", "tool:gh/create_issue"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("rule: sre") && out.contains("required scopes: mcp:read mcp:write") && out.contains("missing scopes: mcp:write"), "{out}");
+    let (code, out) = explain(&["--sub", "bob", "--scope", "mcp:read mcp:write", "tool:gh/create_issue"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("denied by default"), "{out}");
+}
+
+/// Step-up: a token that lacks the scope for a tool it could otherwise use gets HTTP 403
+/// `insufficient_scope` naming the scope; lists are filtered to nothing.
+#[tokio::test]
+async fn missing_scope_for_a_reachable_tool_is_a_403_step_up() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let token = gateway.token("alice", &["mcp:resources"]);
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}});
+    let response = http.post(&gateway.url).bearer_auth(&token).header("accept", "application/json, text/event-stream").json(&init).send().await.unwrap();
+    let session = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let call = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"fx__test_simple_text","arguments":{}}});
+    let response = http
+        .post(&gateway.url)
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(challenge.contains(r#"error="insufficient_scope""#) && challenge.contains(r#"scope="mcp:tools""#), "{challenge}");
+    assert!(challenge.contains("resource_metadata="), "{challenge}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], 9);
+    gateway.stop().await;
+}
+
+/// The upstream gets a gateway-signed identity assertion naming the caller, verifiable with
+/// the gateway's published JWKS, narrowed to the call.
+#[tokio::test]
+async fn upstream_receives_a_verifiable_identity_assertion() {
+    use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let token = gateway.token("alice", ALL_SCOPES);
+    let (client, _) = connect(&gateway.url, &token).await.unwrap();
+    let result = client.peer().call_tool(call("fx__whoami_headers", json!({}))).await.unwrap();
+    let headers: Value = serde_json::from_str(&text_of(&result)).unwrap();
+    let assertion = headers["x-portcullis-identity"].as_str().expect("no identity assertion upstream").to_owned();
+    assert_ne!(assertion, token);
+
+    let jwks: JwkSet = reqwest::get(format!("http://{}/.well-known/jwks.json", gateway.addr)).await.unwrap().json().await.unwrap();
+    let header = jsonwebtoken::decode_header(&assertion).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("portcullis-identity+jwt"));
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("assertion kid not in the gateway JWKS");
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&[fixture.url.as_str()]);
+    validation.set_issuer(&[gateway.settings.auth.issuer.as_str()]);
+    let claims = jsonwebtoken::decode::<Value>(&assertion, &DecodingKey::from_jwk(jwk).unwrap(), &validation).unwrap().claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["act"]["sub"], gateway.settings.auth.issuer.as_str());
+    assert_eq!(claims["client_id"], "tests");
+    assert_eq!(claims["scope"], "mcp:tools", "scope not narrowed: {claims}");
+    assert_eq!(claims["mcp_target"], "tool:fx/whoami_headers");
+    assert!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap() <= 60);
+    assert_eq!(claims["sid"].as_str().map(str::len), Some(64), "session id not hashed: {claims}");
+    client.cancel().await.unwrap();
+    gateway.stop().await;
+}

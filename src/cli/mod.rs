@@ -1,7 +1,9 @@
-//! Command line: `portcullis serve`, `portcullis token`, `portcullis demo`.
+//! Command line: `portcullis serve`, `portcullis token`, `portcullis demo`, `portcullis policy`.
 //!
 //! `main` stays tiny: [`main`] parses arguments, runs one command and maps its error chain
 //! to a message on stderr and a non-zero exit code.
+
+pub mod policy;
 
 use std::{
     collections::HashMap,
@@ -42,6 +44,8 @@ pub enum Command {
     /// Start the gateway on loopback in front of a built-in demo upstream, and print a
     /// ready token and commands to connect.
     Demo(DemoArgs),
+    /// Inspect the access policy (`policy explain`).
+    Policy(policy::PolicyArgs),
 }
 
 /// Where the configuration comes from.
@@ -119,7 +123,7 @@ pub fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -138,16 +142,17 @@ fn init_logging() {
     }
 }
 
-/// Runs one parsed command.
+/// Runs one parsed command and returns the exit status (`policy explain`: 1 when denied).
 ///
 /// # Errors
 /// Configuration, start-up and I/O failures, with context saying what to fix.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = crate::process_env();
     match cli.command {
-        Command::Serve(args) => serve(args, &env).await,
-        Command::Token(args) => token(args, &env),
-        Command::Demo(args) => demo(args, &env).await,
+        Command::Serve(args) => serve(args, &env).await.map(|()| ExitCode::SUCCESS),
+        Command::Token(args) => token(args, &env).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => demo(args, &env).await.map(|()| ExitCode::SUCCESS),
+        Command::Policy(args) => policy::run(args, &env),
     }
 }
 

@@ -48,6 +48,13 @@ impl From<figment::Error> for Error {
     }
 }
 
+impl From<crate::policy::Error> for Error {
+    fn from(error: crate::policy::Error) -> Self {
+        let crate::policy::Error::InvalidRule { key, reason } = error;
+        Self::Invalid { key, reason }
+    }
+}
+
 /// Command-line values that override the file and the environment (`portcullis serve` flags).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -85,6 +92,9 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The allow-listed upstream MCP servers, in configuration order.
     pub upstreams: Vec<UpstreamSettings>,
+    /// Compiled `[[policy]]` rules in configuration order; empty → the default rules
+    /// (`crate::policy::Policy::from_rules`).
+    pub policy: Vec<crate::policy::Rule>,
 }
 
 /// Token issuance and validation settings.
@@ -164,6 +174,8 @@ pub struct UpstreamSettings {
     pub identity_audience: String,
     /// Lifetime of identity assertions.
     pub identity_ttl: Duration,
+    /// Whether policy rules may rely on this upstream's tool annotations (`readOnlyHint`, …).
+    pub trusted_annotations: bool,
 }
 
 /// An OAuth credential toward an upstream; the secret came from the environment.
@@ -263,7 +275,7 @@ impl Settings {
     /// # Errors
     /// [`Error::Invalid`] naming the key: a bad public URL, a duplicate or malformed upstream
     /// name, a non-HTTP(S) upstream URL, a credential whose environment variable is unset, a
-    /// leeway above 60 seconds, or a zero body cap.
+    /// leeway above 60 seconds, a zero body cap, or a `[[policy]]` rule that does not compile.
     pub fn from_config(config: Config, env: &HashMap<String, String>) -> Result<Self, Error> {
         let listen = config.listen.unwrap_or(raw::DEFAULT_LISTEN);
         let public_url = match config.public_url {
@@ -306,7 +318,7 @@ impl Settings {
         if !config.auth.embedded_issuer && issuers.is_empty() {
             return Err(invalid("auth.embedded_issuer", "is false but no [[auth.issuer]] is configured: no token could ever be accepted"));
         }
-        let auth = AuthSettings {
+        let mut auth = AuthSettings {
             issuer: base.clone(),
             default_token_ttl: config.auth.default_token_ttl,
             max_token_ttl: config.auth.max_token_ttl,
@@ -335,6 +347,9 @@ impl Settings {
             }
             upstreams.push(settings);
         }
+        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        let policy = crate::policy::compile_rules(&config.policy, &names)?;
+        auth.scopes_supported = crate::policy::Policy::from_rules(policy.clone()).scopes_supported();
 
         Ok(Self {
             listen,
@@ -347,6 +362,7 @@ impl Settings {
             session_idle_timeout: config.session_idle_timeout,
             auth,
             upstreams,
+            policy,
         })
     }
 
@@ -541,6 +557,7 @@ fn upstream_settings(
         oauth,
         identity_header,
         identity_ttl: upstream.identity_ttl,
+        trusted_annotations: upstream.trusted_annotations,
     })
 }
 

@@ -38,6 +38,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Allow-listed upstream MCP servers (`[[upstream]]` tables).
     pub upstream: Vec<UpstreamConfig>,
+    /// Policy rules (`[[policy]]` tables); none → the default scope rules.
+    pub policy: Vec<crate::policy::PolicyRuleConfig>,
 }
 
 /// `[auth]`: the embedded authorization server and token validation.
@@ -136,6 +138,9 @@ pub struct UpstreamConfig {
     /// Lifetime of identity assertions (default `60s`).
     #[serde(default = "default_identity_ttl", with = "humantime_serde")]
     pub identity_ttl: Duration,
+    /// Whether policy rules may rely on this upstream's tool annotations (default false).
+    #[serde(default)]
+    pub trusted_annotations: bool,
 }
 
 /// `[upstream.oauth]`: the gateway obtains its own access token for this upstream.
@@ -220,6 +225,7 @@ impl Default for Config {
             session_idle_timeout: Duration::from_secs(30 * 60),
             auth: AuthConfig::default(),
             upstream: Vec::new(),
+            policy: Vec::new(),
         }
     }
 }
@@ -256,6 +262,7 @@ impl UpstreamConfig {
             identity_header: default_identity_header(),
             identity_audience: None,
             identity_ttl: default_identity_ttl(),
+            trusted_annotations: false,
         }
     }
 }

@@ -30,7 +30,7 @@ use rmcp::{
         ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, SubscribeRequestParams,
         UnsubscribeRequestParams,
     },
-    service::{NotificationContext, Peer, RequestContext},
+    service::{NotificationContext, RequestContext},
 };
 use tokio::sync::{Mutex, OnceCell, broadcast};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -42,7 +42,10 @@ use crate::{
     catalog::{CatalogStore, ResourceRoute},
     config::Settings,
     policy::{Decision, Grant, Policy, Target, TargetKind},
-    upstream::{self, Connection, Origin, RelayTarget, Upstream},
+    upstream::{
+        self, Connection, Origin, RelayTarget, Upstream,
+        credentials::{SessionIdentity, sha256_hex},
+    },
 };
 
 /// Shared state of the gateway: settings, policy, catalog and upstreams.
@@ -95,7 +98,12 @@ impl SessionHandler {
 
     /// This session's connection to `upstream`, opened on first use and reopened if the
     /// upstream's session ended.
-    async fn connection(&self, upstream: &Arc<str>, peer: &Peer<RoleServer>) -> Result<Arc<Connection>, upstream::Error> {
+    async fn connection(
+        &self,
+        upstream: &Arc<str>,
+        principal: &Principal,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Arc<Connection>, upstream::Error> {
         let (Some(slot), Some(target)) = (self.state.connections.get(upstream), self.gateway.upstreams.get(upstream)) else {
             return Err(upstream::Error::Unavailable { upstream: upstream.clone(), reason: "not configured".into() });
         };
@@ -103,7 +111,11 @@ impl SessionHandler {
         if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(connection.clone());
         }
-        let connection = Arc::new(target.connect(self.state.client.get(), RelayTarget::Session(peer.clone(), self.gateway.catalog_events.clone())).await?);
+        // The session is bound to one issuer + subject (transport), so the identity this
+        // connection asserts upstream is that principal's for the connection's lifetime.
+        let identity = SessionIdentity { principal: principal.clone(), session_hash: session_id(context).map(|id| sha256_hex(&id)) };
+        let relay = RelayTarget::Session(context.peer.clone(), self.gateway.catalog_events.clone());
+        let connection = Arc::new(target.connect(self.state.client.get(), relay, Some(identity)).await?);
         let level = *self.state.log_level.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(level) = level {
             let request = ClientRequest::SetLevelRequest(Request::new(SetLevelRequestParams::new(level)));
@@ -123,10 +135,14 @@ impl SessionHandler {
         request: ClientRequest,
         context: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
-        let grant = authorize(&self.gateway.policy, principal, target).ok_or_else(|| hidden(target.kind, target.name))?;
+        let grant = authorize(&self.gateway.policy, principal, target)?;
         let upstream: Arc<str> = Arc::from(grant.upstream());
-        let connection = self.connection(&upstream, &context.peer).await.map_err(|e| upstream_error(&e))?;
-        let origin = Origin { request_id: Some(context.id.clone()), meta: context.meta.clone() };
+        let connection = self.connection(&upstream, principal, context).await.map_err(|e| upstream_error(&e))?;
+        let origin = Origin {
+            request_id: Some(context.id.clone()),
+            meta: context.meta.clone(),
+            target: format!("{}:{}/{}", target.kind.as_str(), target.upstream, target.name),
+        };
         let result = connection.forward(&grant, request, &origin).await;
         result.map_err(|error| {
             if let upstream::Error::Unavailable { .. } = error {
@@ -137,10 +153,76 @@ impl SessionHandler {
     }
 }
 
-fn authorize(policy: &Policy, principal: &Principal, target: Target<'_>) -> Option<Grant> {
+/// Step 3: a grant, or the error the client sees — step-up (`-32003` with the scopes, which
+/// the transport answers as HTTP 403) or the same error as an unknown target.
+fn authorize(policy: &Policy, principal: &Principal, target: Target<'_>) -> Result<Grant, ErrorData> {
     match policy.decide(principal, target) {
-        Decision::Allow(grant) => Some(grant),
-        Decision::DenyMissingScopes(_) => None,
+        Decision::Allow(grant) => Ok(grant),
+        Decision::DenyMissingScopes(scopes) => Err(crate::policy::insufficient_scope_error(&scopes)),
+        Decision::Deny { .. } => Err(hidden(target.kind, target.name)),
+    }
+}
+
+/// The client's MCP session id, from the HTTP request rmcp handed over.
+fn session_id(context: &RequestContext<RoleServer>) -> Option<String> {
+    let parts = context.extensions.get::<http::request::Parts>()?;
+    parts.headers.get("mcp-session-id")?.to_str().ok().map(str::to_owned)
+}
+
+/// A tool's policy target, with its annotations and whether its upstream is trusted for them.
+fn tool_target<'a>(gateway: &Gateway, entry: &'a crate::catalog::Entry<rmcp::model::Tool>) -> Target<'a> {
+    let trusted = gateway.upstreams.get(&entry.upstream).is_some_and(|u| u.settings().trusted_annotations);
+    Target::new(TargetKind::Tool, &entry.upstream, &entry.original).with_annotations(entry.item.annotations.as_ref(), trusted)
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// The scopes `principal` lacks for the target of a call, decided before rmcp sees the
+    /// request so the transport can answer HTTP 403 `insufficient_scope` (RFC 6750 §3.1).
+    /// `None` when the call is allowed, hidden or unknown: the router answers those.
+    pub fn preflight(&self, principal: &Principal, method: &str, params: Option<&serde_json::Value>) -> Option<Vec<String>> {
+        let catalog = self.catalog.current();
+        let field = |name: &str| params.and_then(|p| p.get(name)).and_then(|v| v.as_str());
+        let resource = |uri: &'_ str| match catalog.route_resource(uri) {
+            ResourceRoute::Upstream(upstream) => Some(upstream),
+            ResourceRoute::Ambiguous | ResourceRoute::Unknown => None,
+        };
+        let decision = match method {
+            "tools/call" => {
+                let entry = catalog.tool(field("name")?)?;
+                self.policy.decide(principal, tool_target(self, entry))
+            }
+            "prompts/get" => {
+                let entry = catalog.prompt(field("name")?)?;
+                self.policy.decide(principal, Target::new(TargetKind::Prompt, &entry.upstream, &entry.original))
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                let uri = field("uri")?;
+                let upstream = resource(uri)?;
+                self.policy.decide(principal, Target::new(TargetKind::Resource, &upstream, uri))
+            }
+            "completion/complete" => {
+                let reference = params?.get("ref")?;
+                match reference.get("type")?.as_str()? {
+                    "ref/prompt" => {
+                        let entry = catalog.prompt(reference.get("name")?.as_str()?)?;
+                        self.policy.decide(principal, Target::new(TargetKind::Prompt, &entry.upstream, &entry.original))
+                    }
+                    "ref/resource" => {
+                        let uri = reference.get("uri")?.as_str()?;
+                        let upstream = resource(uri)?;
+                        self.policy.decide(principal, Target::new(TargetKind::Resource, &upstream, uri))
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        match decision {
+            Decision::DenyMissingScopes(scopes) => Some(scopes),
+            Decision::Allow(_) | Decision::Deny { .. } => None,
+        }
     }
 }
 
@@ -257,7 +339,7 @@ impl ServerHandler for SessionHandler {
         let tools = catalog
             .tools()
             .iter()
-            .filter(|e| policy.permits(&principal, Target { kind: TargetKind::Tool, upstream: &e.upstream, name: &e.original }))
+            .filter(|e| policy.permits(&principal, tool_target(&self.gateway, e)))
             .map(|e| e.item.clone())
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
@@ -273,7 +355,7 @@ impl ServerHandler for SessionHandler {
         let Some(entry) = catalog.tool(&request.name) else {
             return Err(hidden(TargetKind::Tool, &request.name));
         };
-        let target = Target { kind: TargetKind::Tool, upstream: &entry.upstream, name: &entry.original };
+        let target = tool_target(&self.gateway, entry);
         let advertised = std::mem::replace(&mut request.name, entry.original.clone().into());
         request.meta = None;
         let forwarded = self.forward(&principal, target, ClientRequest::CallToolRequest(Request::new(request)), &context);
@@ -300,7 +382,7 @@ impl ServerHandler for SessionHandler {
         let prompts = catalog
             .prompts()
             .iter()
-            .filter(|e| policy.permits(&principal, Target { kind: TargetKind::Prompt, upstream: &e.upstream, name: &e.original }))
+            .filter(|e| policy.permits(&principal, Target::new(TargetKind::Prompt, &e.upstream, &e.original)))
             .map(|e| e.item.clone())
             .collect();
         Ok(ListPromptsResult::with_all_items(prompts))
@@ -316,7 +398,7 @@ impl ServerHandler for SessionHandler {
         let Some(entry) = catalog.prompt(&request.name) else {
             return Err(hidden(TargetKind::Prompt, &request.name));
         };
-        let target = Target { kind: TargetKind::Prompt, upstream: &entry.upstream, name: &entry.original };
+        let target = Target::new(TargetKind::Prompt, &entry.upstream, &entry.original);
         request.name = entry.original.clone();
         request.meta = None;
         match self.forward(&principal, target, ClientRequest::GetPromptRequest(Request::new(request)), &context).await? {
@@ -337,7 +419,7 @@ impl ServerHandler for SessionHandler {
         let resources = catalog
             .resources()
             .iter()
-            .filter(|e| policy.permits(&principal, Target { kind: TargetKind::Resource, upstream: &e.upstream, name: &e.original }))
+            .filter(|e| policy.permits(&principal, Target::new(TargetKind::Resource, &e.upstream, &e.original)))
             .map(|e| e.item.clone())
             .collect();
         Ok(ListResourcesResult::with_all_items(resources))
@@ -355,7 +437,7 @@ impl ServerHandler for SessionHandler {
             .templates()
             .iter()
             .filter(|e| {
-                let target = Target { kind: TargetKind::Resource, upstream: &e.upstream, name: &e.item.uri_template };
+                let target = Target::new(TargetKind::Resource, &e.upstream, &e.item.uri_template);
                 policy.permits(&principal, target)
             })
             .map(|e| e.item.clone())
@@ -371,7 +453,7 @@ impl ServerHandler for SessionHandler {
         let principal = principal(&context)?;
         let uri = request.uri.clone();
         let upstream = self.resource_upstream(&uri)?;
-        let target = Target { kind: TargetKind::Resource, upstream: &upstream, name: &uri };
+        let target = Target::new(TargetKind::Resource, &upstream, &uri);
         request.meta = None;
         match self.forward(&principal, target, ClientRequest::ReadResourceRequest(Request::new(request)), &context).await? {
             ServerResult::ReadResourceResult(result) => Ok(ReadResourceResponse::Complete(result)),
@@ -385,7 +467,7 @@ impl ServerHandler for SessionHandler {
         let principal = principal(&context)?;
         let uri = request.uri.clone();
         let upstream = self.resource_upstream(&uri)?;
-        let target = Target { kind: TargetKind::Resource, upstream: &upstream, name: &uri };
+        let target = Target::new(TargetKind::Resource, &upstream, &uri);
         self.forward(&principal, target, ClientRequest::SubscribeRequest(Request::new(request)), &context).await?;
         Ok(())
     }
@@ -395,7 +477,7 @@ impl ServerHandler for SessionHandler {
         let principal = principal(&context)?;
         let uri = request.uri.clone();
         let upstream = self.resource_upstream(&uri)?;
-        let target = Target { kind: TargetKind::Resource, upstream: &upstream, name: &uri };
+        let target = Target::new(TargetKind::Resource, &upstream, &uri);
         self.forward(&principal, target, ClientRequest::UnsubscribeRequest(Request::new(request)), &context).await?;
         Ok(())
     }
@@ -418,7 +500,7 @@ impl ServerHandler for SessionHandler {
             prompt.name = original.clone();
         }
         request.meta = None;
-        let target = Target { kind, upstream: &upstream, name: &original };
+        let target = Target::new(kind, &upstream, &original);
         match self.forward(&principal, target, ClientRequest::CompleteRequest(Request::new(request)), &context).await? {
             ServerResult::CompleteResult(result) => Ok(result),
             other => convert(other, &upstream),

@@ -69,7 +69,7 @@ impl CatalogSync {
         let attempts = self.upstreams.iter().map(|upstream| {
             let events = self.events_tx.clone();
             async move {
-                let connection = upstream.connect(None, RelayTarget::Catalog(events)).await?;
+                let connection = upstream.connect(None, RelayTarget::Catalog(events), None).await?;
                 let listing = list(upstream, connection.peer()).await?;
                 Ok::<_, upstream::Error>((connection, listing))
             }
@@ -117,7 +117,7 @@ impl CatalogSync {
                         if now < next {
                             continue;
                         }
-                        match upstream.connect(None, RelayTarget::Catalog(self.events_tx.clone())).await {
+                        match upstream.connect(None, RelayTarget::Catalog(self.events_tx.clone()), None).await {
                             Ok(connection) => {
                                 tracing::info!(upstream = %name, "upstream reachable");
                                 self.connections.insert(name.clone(), connection);

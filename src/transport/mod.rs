@@ -41,7 +41,6 @@ use serde_json::{Value, json};
 use crate::{
     auth::{self, ResourceServer, issuer::EmbeddedIssuer},
     config::Settings,
-    policy::TargetKind,
     router::{Gateway, SessionHandler},
     session::{Binding, SessionBindings},
 };
@@ -152,9 +151,9 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
             Err(response) => return *response,
         };
         is_initialize = envelope.method.as_deref() == Some("initialize");
-        // 5. Scope step-up for calls.
-        if let Some(kind) = envelope.call_kind()
-            && let Some(missing) = state.gateway.policy.missing_scopes_for_kind(&principal, kind)
+        // 5. Scope step-up for calls, decided by the same policy the router applies.
+        if let Some(method) = envelope.method.as_deref()
+            && let Some(missing) = state.gateway.preflight(&principal, method, envelope.params.as_ref())
         {
             return insufficient_scope(&state.settings, &missing, envelope.id.unwrap_or(Value::Null));
         }
@@ -186,38 +185,7 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
 struct Envelope {
     id: Option<Value>,
     method: Option<String>,
-    params: Option<EnvelopeParams>,
-}
-
-#[derive(Deserialize)]
-struct EnvelopeParams {
-    #[serde(rename = "ref")]
-    reference: Option<EnvelopeRef>,
-}
-
-#[derive(Deserialize)]
-struct EnvelopeRef {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-}
-
-impl Envelope {
-    /// The target kind a call-type method needs, `None` for lists and everything else.
-    fn call_kind(&self) -> Option<TargetKind> {
-        match self.method.as_deref()? {
-            "tools/call" => Some(TargetKind::Tool),
-            "prompts/get" => Some(TargetKind::Prompt),
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some(TargetKind::Resource),
-            "completion/complete" => {
-                match self.params.as_ref()?.reference.as_ref()?.kind.as_deref()? {
-                    "ref/prompt" => Some(TargetKind::Prompt),
-                    "ref/resource" => Some(TargetKind::Resource),
-                    _ => None,
-                }
-            }
-            _ => None,
-        }
-    }
+    params: Option<Value>,
 }
 
 fn parse_envelope(bytes: &Bytes) -> Result<Envelope, Box<Response>> {
@@ -250,7 +218,8 @@ fn unauthorized(settings: &Settings, error: auth::Error) -> Response {
     let scope = settings.auth.scopes_supported.join(" ");
     // RFC 6750 §3.1: no error code when the request carried no credentials.
     let code = (error != auth::Error::Missing).then_some("invalid_token");
-    let challenge = auth::challenge(&settings.resource_metadata_url(), code, Some(&scope));
+    let scope = (!scope.is_empty()).then_some(scope.as_str());
+    let challenge = auth::challenge(&settings.resource_metadata_url(), code, scope);
     let body = match code {
         Some(code) => json!({"error": code, "error_description": error.to_string()}),
         None => json!({"error": "invalid_request", "error_description": error.to_string()}),
@@ -262,7 +231,7 @@ fn unauthorized(settings: &Settings, error: auth::Error) -> Response {
     response
 }
 
-fn insufficient_scope(settings: &Settings, missing: &[&str], id: Value) -> Response {
+fn insufficient_scope(settings: &Settings, missing: &[String], id: Value) -> Response {
     let scope = missing.join(" ");
     let challenge = auth::challenge(&settings.resource_metadata_url(), Some("insufficient_scope"), Some(&scope));
     let message = format!("insufficient_scope: this call needs scope {scope}");

@@ -129,21 +129,17 @@ async fn oversized_body_gets_413_and_malformed_json_400() {
     assert_eq!(error_code(&body), -32600);
 }
 
+/// Step-up needs a target the principal could reach; an unknown tool is never a 403 (that
+/// would reveal nothing exists, but must look like any unknown tool). The 403 path with a
+/// real catalog is covered end to end in tests/integration.rs.
 #[tokio::test]
-async fn call_without_scope_gets_403_insufficient_scope_naming_the_scope() {
+async fn unknown_target_is_not_a_step_up() {
     let h = harness();
     let token = h.token("alice", &["mcp:resources"]);
     let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x__y"}}).to_string();
-    let (status, headers, body) = h.post(Some(&token), None, call, &[]).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    let challenge = headers["www-authenticate"].to_str().unwrap();
-    assert!(challenge.contains(r#"error="insufficient_scope""#) && challenge.contains(r#"scope="mcp:tools""#), "{challenge}");
-    let value: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(value["id"], 7);
-    let complete = json!({"jsonrpc":"2.0","id":8,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p"},"argument":{"name":"a","value":"b"}}}).to_string();
-    let (status, headers, _) = h.post(Some(&token), None, complete, &[]).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(headers["www-authenticate"].to_str().unwrap().contains(r#"scope="mcp:prompts""#));
+    let (status, headers, _) = h.post(Some(&token), None, call, &[]).await;
+    assert_ne!(status, StatusCode::FORBIDDEN);
+    assert!(headers.get("www-authenticate").is_none());
 }
 
 #[tokio::test]

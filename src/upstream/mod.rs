@@ -21,7 +21,6 @@ use std::{
     time::Duration,
 };
 
-use http::HeaderValue;
 use rmcp::{
     RoleClient, RoleServer,
     model::{
@@ -36,7 +35,6 @@ use rmcp::{
         StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
-use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 
 pub mod credentials;

@@ -74,6 +74,7 @@ pub struct EmbeddedIssuer {
     issuer: String,
     resource: String,
     max_ttl: Duration,
+    scopes_supported: Vec<String>,
 }
 
 /// What to put in a minted access token.
@@ -184,7 +185,13 @@ impl SigningKey {
 impl EmbeddedIssuer {
     /// An issuer named `issuer` (the gateway's public URL) minting tokens for `resource`.
     pub fn new(key: SigningKey, issuer: String, resource: String, max_ttl: Duration) -> Self {
-        Self { key, issuer, resource, max_ttl }
+        Self { key, issuer, resource, max_ttl, scopes_supported: crate::policy::DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect() }
+    }
+
+    /// Sets the scopes advertised in metadata (`auth.scopes_supported`: the policy's scopes).
+    pub fn with_scopes_supported(mut self, scopes: Vec<String>) -> Self {
+        self.scopes_supported = scopes;
+        self
     }
 
     /// Issuer identifier (RFC 8414 §2).
@@ -244,7 +251,7 @@ impl EmbeddedIssuer {
         json!({
             "issuer": self.issuer,
             "jwks_uri": format!("{}/.well-known/jwks.json", self.issuer),
-            "scopes_supported": crate::policy::DEFAULT_SCOPES,
+            "scopes_supported": self.scopes_supported,
             "response_types_supported": [],
             "grant_types_supported": [],
             "token_endpoint_auth_methods_supported": [],
