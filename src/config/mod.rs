@@ -18,7 +18,7 @@ use http::HeaderName;
 use secrecy::SecretString;
 use url::Url;
 
-pub use raw::{AuthConfig, Config, CredentialConfig, IssuerConfig, OAuthGrant, UpstreamConfig, UpstreamOAuthConfig};
+pub use raw::{AuthConfig, ClientConfig, Config, CredentialConfig, IssuerConfig, OAuthGrant, UpstreamConfig, UpstreamOAuthConfig};
 
 /// Environment variable prefix for configuration overrides (`PORTCULLIS_LISTEN`,
 /// `PORTCULLIS_AUTH__MAX_TOKEN_TTL`: `__` separates nested keys).
@@ -116,6 +116,21 @@ pub struct AuthSettings {
     pub signing_key: SigningKeySource,
     /// Trusted external authorization servers.
     pub issuers: Vec<IssuerSettings>,
+    /// Machine clients of the embedded authorization server.
+    pub clients: Vec<MachineClient>,
+}
+
+/// A confidential client of the embedded authorization server.
+#[derive(Debug, Clone)]
+pub struct MachineClient {
+    /// Client identifier.
+    pub client_id: String,
+    /// SHA-256 of the secret (32 bytes).
+    pub secret_sha256: [u8; 32],
+    /// Scopes it may request.
+    pub scopes: Vec<String>,
+    /// Longest token lifetime.
+    pub max_ttl: Duration,
 }
 
 /// Source of the gateway's signing key (embedded issuer tokens, identity assertions,
@@ -315,6 +330,25 @@ impl Settings {
         for (index, issuer) in config.auth.issuer.iter().enumerate() {
             issuers.push(issuer_settings(issuer, index, &resource, config.auth.max_token_ttl)?);
         }
+        let mut clients: Vec<MachineClient> = Vec::with_capacity(config.auth.client.len());
+        for (index, client) in config.auth.client.iter().enumerate() {
+            let key = format!("auth.client[{index}]");
+            let hex = client.secret_sha256.trim();
+            let bytes: Option<Vec<u8>> = (hex.len() == 64)
+                .then(|| (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>())
+                .flatten();
+            let Some(Ok(secret_sha256)) = bytes.map(<[u8; 32]>::try_from) else {
+                return Err(invalid(&format!("{key}.secret_sha256"), "must be 64 hex digits (SHA-256 of the secret)"));
+            };
+            if client.client_id.is_empty() || clients.iter().any(|c| c.client_id == client.client_id) {
+                return Err(invalid(&format!("{key}.client_id"), "must be non-empty and unique"));
+            }
+            let max_ttl = client.max_ttl.unwrap_or(config.auth.default_token_ttl);
+            if max_ttl.is_zero() || max_ttl > config.auth.max_token_ttl {
+                return Err(invalid(&format!("{key}.max_ttl"), "must be > 0 and ≤ auth.max_token_ttl"));
+            }
+            clients.push(MachineClient { client_id: client.client_id.clone(), secret_sha256, scopes: client.scopes.clone(), max_ttl });
+        }
         if !config.auth.embedded_issuer && issuers.is_empty() {
             return Err(invalid("auth.embedded_issuer", "is false but no [[auth.issuer]] is configured: no token could ever be accepted"));
         }
@@ -327,6 +361,7 @@ impl Settings {
             embedded_issuer: config.auth.embedded_issuer,
             signing_key,
             issuers,
+            clients,
         };
         if auth.leeway > Duration::from_secs(60) {
             return Err(invalid("auth.leeway", "must be at most 60s (RFC 8725 §3.10 short skew)"));

@@ -65,6 +65,24 @@ pub struct AuthConfig {
     pub signing_key_env: Option<String>,
     /// Trusted external authorization servers (`[[auth.issuer]]`).
     pub issuer: Vec<IssuerConfig>,
+    /// Confidential machine clients of the embedded authorization server (`[[auth.client]]`).
+    pub client: Vec<ClientConfig>,
+}
+
+/// `[[auth.client]]`: a confidential client that gets tokens with the `client_credentials`
+/// grant (RFC 6749 §4.4) from the embedded authorization server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Client identifier; also the `sub` of its tokens.
+    pub client_id: String,
+    /// Hex SHA-256 of the client secret (`printf %s "$SECRET" | sha256sum`); never the secret.
+    pub secret_sha256: String,
+    /// Scopes the client may request; a request without `scope` gets all of them.
+    pub scopes: Vec<String>,
+    /// Longest token lifetime for this client (default `auth.default_token_ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    pub max_ttl: Option<Duration>,
 }
 
 /// `[[auth.issuer]]`: a trusted external authorization server.
@@ -242,6 +260,7 @@ impl Default for AuthConfig {
             signing_key_file: None,
             signing_key_env: None,
             issuer: Vec::new(),
+            client: Vec::new(),
         }
     }
 }

@@ -1,7 +1,13 @@
 //! OAuth discovery documents: RFC 9728 protected-resource metadata, RFC 8414
 //! authorization-server metadata, and the embedded issuer's JWKS (RFC 7517).
 
-use axum::{Json, extract::State, response::IntoResponse};
+use axum::{
+    Json,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
 use serde_json::json;
 
 use super::AppState;
@@ -27,4 +33,25 @@ pub(super) async fn authorization_server(State(state): State<AppState>) -> impl 
 /// The embedded issuer's JWKS.
 pub(super) async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     Json(state.issuer.jwks())
+}
+
+/// The embedded authorization server's token endpoint (`client_credentials`, RFC 6749 §4.4).
+/// Responses are never cached (RFC 6749 §5.1 `Cache-Control: no-store`).
+pub(super) async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let form = crate::auth::issuer::token::TokenForm::parse(&body);
+    let no_store = [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")];
+    match state.issuer.client_credentials(&state.settings.auth.clients, authorization, &form) {
+        Ok(response) => (no_store, Json(response)).into_response(),
+        Err(error) => {
+            tracing::info!(error = error.code, "token request refused");
+            let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let body = Json(json!({"error": error.code, "error_description": error.description}));
+            let mut response = (status, no_store, body).into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"portcullis\""));
+            }
+            response
+        }
+    }
 }

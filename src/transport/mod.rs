@@ -102,6 +102,8 @@ pub fn app(state: AppState) -> Router {
         .route("/.well-known/oauth-protected-resource/mcp", get(metadata::protected_resource))
         .route("/.well-known/oauth-authorization-server", get(metadata::authorization_server))
         .route("/.well-known/jwks.json", get(metadata::jwks))
+        // Token requests are small forms; cap them well below the MCP body cap.
+        .route("/oauth/token", axum::routing::post(metadata::token).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }

@@ -303,6 +303,28 @@ impl GatewayHttpClient {
         }
     }
 
+    /// An assertion naming the gateway itself (no caller), for the catalog connection.
+    fn self_assertion(&self, audience: &str) -> Option<String> {
+        let issuer = self.signer.issuer();
+        let now = crate::auth::issuer::unix_now();
+        let claims = IdentityClaims {
+            iss: issuer,
+            sub: issuer,
+            aud: audience,
+            exp: now + self.ttl.as_secs(),
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            act: Actor { sub: issuer },
+            client_id: None,
+            scope: String::new(),
+            orig_iss: issuer,
+            sid: None,
+            mcp_target: None,
+        };
+        self.signer.sign(IDENTITY_TYP, &claims).ok()
+    }
+
     /// Adds the credential and identity headers for one request.
     async fn decorate(
         &self,
@@ -313,13 +335,20 @@ impl GatewayHttpClient {
             tracing::error!(%reason, "upstream credential unavailable; request not sent");
             StreamableHttpError::UnexpectedServerResponse("upstream credential unavailable".into())
         };
-        let subject = match (&self.identity, self.credentials.settings.oauth.as_ref().map(|o| o.grant)) {
-            (Some(identity), Some(OAuthGrant::TokenExchange)) => {
-                let oauth_audience = self.credentials.settings.oauth.as_ref().map(|o| o.token_url.to_string()).unwrap_or_default();
+        let subject = match self.credentials.settings.oauth.as_ref() {
+            Some(oauth) if oauth.grant == OAuthGrant::TokenExchange => {
+                let audience = oauth.token_url.to_string();
                 let scope_key = call.map(|c| c.scopes.join(" ")).unwrap_or_default();
-                let key = format!("{}\u{1f}{}\u{1f}{scope_key}", identity.principal.issuer, identity.principal.subject);
-                let assertion = self.assertion(identity, &oauth_audience, call).ok_or_else(|| fail("cannot sign subject token".into()))?;
-                Some((key, assertion))
+                // A client session exchanges for its caller; the catalog connection, which
+                // acts for nobody, exchanges for the gateway itself.
+                let (key, assertion) = match &self.identity {
+                    Some(identity) => (
+                        format!("{}\u{1f}{}\u{1f}{scope_key}", identity.principal.issuer, identity.principal.subject),
+                        self.assertion(identity, &audience, call),
+                    ),
+                    None => ("\u{1f}gateway".to_owned(), self.self_assertion(&audience)),
+                };
+                Some((key, assertion.ok_or_else(|| fail("cannot sign subject token".into()))?))
             }
             _ => None,
         };

@@ -148,9 +148,8 @@ pub fn settings_for(addr: std::net::SocketAddr, data_dir: &Path, upstreams: Vec<
 pub fn settings_with(addr: std::net::SocketAddr, data_dir: &Path, upstreams: Vec<UpstreamSpec>, adjust: impl FnOnce(&mut Config)) -> Settings {
     let overrides = Overrides { listen: Some(addr), data_dir: Some(data_dir.to_owned()), ..Overrides::default() };
     let mut config = Config::load(None, &HashMap::new(), &overrides).unwrap();
-    adjust(&mut config);
     // The gateway reads upstream secrets from an env map; tests pass their own.
-    let mut env = HashMap::new();
+    let mut env = HashMap::from([("PORTCULLIS_TEST_IDP_SECRET".to_owned(), "svc-secret".to_owned())]);
     for spec in upstreams {
         let mut upstream = UpstreamConfig::new(spec.name, spec.url.parse().unwrap());
         upstream.tool_prefix = spec.prefix;
@@ -162,6 +161,7 @@ pub fn settings_with(addr: std::net::SocketAddr, data_dir: &Path, upstreams: Vec
         }
         config.upstream.push(upstream);
     }
+    adjust(&mut config);
     Settings::from_config(config, &env).unwrap()
 }
 
@@ -305,6 +305,11 @@ pub struct IdentityProvider {
 impl IdentityProvider {
     /// Starts the IdP on `port` (0 = pick one) with signing key id `kid`.
     pub async fn start(port: u16, kid: &str, resource: &str) -> Self {
+        Self::start_with(port, kid, resource, None).await
+    }
+
+    /// As [`Self::start`], trusting `gateway_jwks` for RFC 8693 token exchange.
+    pub async fn start_with(port: u16, kid: &str, resource: &str, gateway_jwks: Option<&str>) -> Self {
         let port = if port == 0 { std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port() } else { port };
         // ESM resolves imports next to the script, so it runs from the peers' node folder.
         let script = peers_dir().join("node/oidc_provider.mjs");
@@ -315,6 +320,7 @@ impl IdentityProvider {
             .env("PORT", port.to_string())
             .env("RESOURCE", resource)
             .env("KID", kid)
+            .env("GATEWAY_JWKS", gateway_jwks.unwrap_or_default())
             .env("PRIVATE_KEY_OUT", keys.path().join("private.pem"))
             .env("PUBLIC_KEY_OUT", keys.path().join("public.pem"))
             .stdout(Stdio::piped())
@@ -354,5 +360,12 @@ impl IdentityProvider {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
         let _ = self.child.wait().await;
+    }
+}
+
+/// Gateway logs on stderr for debugging a test: `PORTCULLIS_TEST_LOG=debug cargo test … -- --nocapture`.
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("PORTCULLIS_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_test_writer().try_init();
     }
 }

@@ -110,3 +110,106 @@ fn base64_url(value: &Value) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
 }
+
+/// The embedded authorization server's `client_credentials` grant for configured machine
+/// clients; its tokens work at `/mcp`.
+#[tokio::test]
+async fn embedded_token_endpoint_serves_machine_clients() {
+    let fixture = Fixture::start(&[]).await;
+    let digest = sha256_hex("a-long-random-machine-secret");
+    let gateway = Gateway::start_with(vec![UpstreamSpec::new("fx", &fixture.url)], |config| {
+        config.auth.client.push(
+            serde_json::from_value(json!({"client_id": "ci-bot", "secret_sha256": digest, "scopes": ["mcp:tools"], "max_ttl": "5m"})).unwrap(),
+        );
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let metadata: Value = http.get(format!("http://{}/.well-known/oauth-authorization-server", gateway.addr)).send().await.unwrap().json().await.unwrap();
+    let endpoint = metadata["token_endpoint"].as_str().unwrap().to_owned();
+    let token = |secret: &'static str, resource: String| {
+        http.post(&endpoint)
+            .basic_auth("ci-bot", Some(secret))
+            .form(&[("grant_type", "client_credentials"), ("scope", "mcp:tools"), ("resource", &resource)])
+            .send()
+    };
+    let response = token("a-long-random-machine-secret", gateway.url.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["expires_in"], 300);
+    let (client, _) = common::connect(&gateway.url, body["access_token"].as_str().unwrap()).await.unwrap();
+    assert!(!client.peer().list_all_tools().await.unwrap().is_empty());
+    client.cancel().await.unwrap();
+
+    let wrong = token("wrong-secret", gateway.url.clone()).await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let other = token("a-long-random-machine-secret", "http://elsewhere.example/mcp".into()).await.unwrap();
+    assert_eq!(other.status(), 400);
+    assert_eq!(other.json::<Value>().await.unwrap()["error"], "invalid_target");
+    gateway.stop().await;
+}
+
+fn sha256_hex(value: &str) -> String {
+    portcullis::upstream::credentials::sha256_hex(value)
+}
+
+/// The gateway's own credential toward an upstream: an OAuth client-credentials token from
+/// the real IdP, cached across calls; or an RFC 8693 token exchanged on behalf of the caller.
+#[tokio::test]
+async fn upstream_gets_oauth_tokens_obtained_by_the_gateway() {
+    common::init_logs();
+    let fixture = Fixture::start(&[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_addr = listener.local_addr().unwrap();
+    let jwks = format!("http://{gateway_addr}/.well-known/jwks.json");
+    let idp = IdentityProvider::start_with(0, "k1", &fixture.url, Some(&jwks)).await;
+    let token_url = format!("{}/token", idp.issuer);
+    let cc = UpstreamSpec::new("cc", &fixture.url);
+    let te = UpstreamSpec::new("te", &fixture.url);
+    let gateway = Gateway::start_on(listener, vec![cc, te], |config| {
+        for (upstream, grant) in config.upstream.iter_mut().zip(["client_credentials", "token_exchange"]) {
+            upstream.oauth = Some(
+                serde_json::from_value(json!({
+                    "grant": grant, "token_url": token_url, "client_id": "gateway-svc",
+                    "client_secret_env": "PORTCULLIS_TEST_IDP_SECRET", "scope": "mcp:tools"
+                }))
+                .unwrap(),
+            );
+        }
+    })
+    .await;
+    let caller_token = gateway.token("alice", common::ALL_SCOPES);
+    let (client, _) = common::connect(&gateway.url, &caller_token).await.unwrap();
+    let headers = |name: &'static str| {
+        let peer = client.peer().clone();
+        async move {
+            let mut params = rmcp::model::CallToolRequestParams::new(name);
+            params.arguments = Some(serde_json::Map::new());
+            let result = peer.call_tool(params).await.unwrap();
+            let text = serde_json::to_value(&result.content).unwrap()[0]["text"].as_str().unwrap().to_owned();
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let first = headers("cc__whoami_headers").await;
+    let second = headers("cc__whoami_headers").await;
+    let bearer = first["authorization"].as_str().expect("no credential upstream").to_owned();
+    assert_eq!(Some(bearer.as_str()), second["authorization"].as_str(), "client-credentials token not cached");
+    let claims = jsonwebtoken::dangerous::insecure_decode::<Value>(bearer.trim_start_matches("Bearer ")).unwrap().claims;
+    assert_eq!(claims["iss"], idp.issuer.as_str(), "not the IdP's token: {claims}");
+    assert_eq!(claims["aud"], fixture.url.as_str());
+    assert!(!bearer.contains(&caller_token));
+
+    // The IdP verifies subject tokens against the gateway's JWKS, which is served only once
+    // the gateway listens: the token-exchange upstream's catalog arrives on a retry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !client.peer().list_all_tools().await.unwrap().iter().any(|t| t.name == "te__whoami_headers") {
+        assert!(std::time::Instant::now() < deadline, "token-exchange upstream never listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let exchanged = headers("te__whoami_headers").await;
+    let bearer = exchanged["authorization"].as_str().expect("no exchanged credential").to_owned();
+    assert!(bearer.starts_with("Bearer exchanged.alice."), "token exchange did not act for the caller: {bearer}");
+    client.cancel().await.unwrap();
+    idp.stop().await;
+    gateway.stop().await;
+}

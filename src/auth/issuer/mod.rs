@@ -16,6 +16,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+pub mod token;
+
 use aws_lc_rs::{
     digest,
     rand::SystemRandom,
@@ -245,18 +247,17 @@ impl EmbeddedIssuer {
         json!({"keys": [self.key.public_jwk()]})
     }
 
-    /// RFC 8414 authorization-server metadata. The embedded server issues tokens through the
-    /// CLI today; its token endpoint (client credentials) is added with the OAuth issue.
+    /// RFC 8414 authorization-server metadata: a token endpoint for the `client_credentials`
+    /// grant of configured machine clients (interactive grants are not offered).
     pub fn metadata(&self) -> Value {
         json!({
             "issuer": self.issuer,
             "jwks_uri": format!("{}/.well-known/jwks.json", self.issuer),
             "scopes_supported": self.scopes_supported,
+            "token_endpoint": format!("{}/oauth/token", self.issuer),
             "response_types_supported": [],
-            "grant_types_supported": [],
-            "token_endpoint_auth_methods_supported": [],
-            "id_token_signing_alg_values_supported": [],
-            "code_challenge_methods_supported": ["S256"],
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "resource_indicators_supported": true,
         })
     }
