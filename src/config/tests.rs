@@ -106,3 +106,22 @@ fn missing_config_file_is_an_error() {
     let error = Config::load(Some(std::path::Path::new("/nonexistent/portcullis.toml")), &HashMap::new(), &Overrides::default());
     assert!(error.unwrap_err().to_string().contains("does not exist"));
 }
+
+#[test]
+fn signing_key_and_issuer_settings_are_validated() {
+    let env_key = "[auth]\nsigning_key_env = \"PC_KEY\"\n";
+    assert!(settings(Some(env_key), &[], Overrides::default()).unwrap_err().to_string().contains("PC_KEY"));
+    let s = settings(Some(env_key), &[("PC_KEY", "-----BEGIN PRIVATE KEY-----")], Overrides::default()).unwrap();
+    assert!(matches!(s.auth.signing_key, SigningKeySource::Pem(_)));
+    assert!(!format!("{s:?}").contains("BEGIN PRIVATE KEY"), "key leaked into Debug output");
+    let hmac = "[[auth.issuer]]\nissuer = \"https://idp.example.com\"\nalgorithms = [\"HS256\"]\n";
+    assert!(settings(Some(hmac), &[], Overrides::default()).unwrap_err().to_string().contains("auth.issuer[0].algorithms"));
+    let plain_http = "[[auth.issuer]]\nissuer = \"http://idp.example.com\"\n";
+    assert!(settings(Some(plain_http), &[], Overrides::default()).unwrap_err().to_string().contains("https"));
+    let nobody = "[auth]\nembedded_issuer = false\n";
+    assert!(settings(Some(nobody), &[], Overrides::default()).unwrap_err().to_string().contains("auth.embedded_issuer"));
+    let ok = "[[auth.issuer]]\nissuer = \"https://idp.example.com/realms/x\"\n";
+    let s = settings(Some(ok), &[], Overrides::default()).unwrap();
+    assert_eq!(s.auth.issuers[0].audience, s.resource);
+    assert_eq!(s.auth.issuers[0].algorithms.len(), 4);
+}

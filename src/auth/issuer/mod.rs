@@ -318,6 +318,16 @@ mod tests {
     }
 
     #[test]
+    fn key_from_pem_text_matches_the_data_dir_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = SigningKey::load_or_generate(dir.path()).unwrap();
+        let pem = std::fs::read_to_string(dir.path().join("issuer").join(KEY_FILE)).unwrap();
+        let loaded = SigningKey::from_pem(&pem, Path::new("env")).unwrap();
+        assert_eq!(generated.kid(), loaded.kid());
+        assert!(matches!(SigningKey::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----", Path::new("env")), Err(Error::BadKey { .. })));
+    }
+
+    #[test]
     fn corrupt_key_file_is_an_error_not_a_new_key() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("issuer")).unwrap();
