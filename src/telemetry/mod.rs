@@ -51,6 +51,8 @@ pub use span::{AccessLog, McpSpanExt, client_span, server_span};
 pub const LOG_ENV: &str = "PORTCULLIS_LOG";
 /// Log filter used when [`LOG_ENV`] is unset or empty.
 pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+/// Health component of the OTLP trace exporter ([`TelemetryBuilder::health`]).
+pub const EXPORTER_COMPONENT: &str = "trace_exporter";
 
 /// Telemetry set-up failures. Each names the variable or setting to fix.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,7 @@ pub struct TelemetryBuilder {
     writer: Option<BoxMakeWriter>,
     format: LogFormat,
     runtime: Option<tokio::runtime::Handle>,
+    health: Option<Health>,
 }
 
 /// Keeps the OpenTelemetry exporter alive; dropping it flushes buffered spans and shuts the
@@ -128,7 +131,7 @@ pub fn init(env: &HashMap<String, String>, otlp_endpoint: Option<Url>) -> Result
 impl TelemetryBuilder {
     /// A builder reading `PORTCULLIS_LOG` and the `OTEL_*` variables from `env`.
     pub fn new(env: &HashMap<String, String>) -> Self {
-        Self { env: env.clone(), otlp_endpoint: None, writer: None, format: LogFormat::Auto, runtime: None }
+        Self { env: env.clone(), otlp_endpoint: None, writer: None, format: LogFormat::Auto, runtime: None, health: None }
     }
 
     /// `telemetry.otlp_endpoint`: the OTLP/HTTP base URL (`/v1/traces` is appended), used
@@ -158,6 +161,14 @@ impl TelemetryBuilder {
     /// The runtime that carries OTLP HTTP requests (default: the current one).
     pub fn runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
         self.runtime = Some(runtime);
+        self
+    }
+
+    /// Registers the `trace_exporter` component in `health` when export is on: `up` once
+    /// built and after each successful export, `degraded` (still ready: only traces are
+    /// lost) while exports fail.
+    pub fn health(mut self, health: &Health) -> Self {
+        self.health = Some(health.clone());
         self
     }
 
@@ -191,7 +202,12 @@ impl TelemetryBuilder {
                     Some(runtime) => runtime,
                     None => tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?,
                 };
-                let provider = otlp::tracer_provider(&settings, runtime)?;
+                let component = self.health.as_ref().map(|health| {
+                    let component = health.register(EXPORTER_COMPONENT);
+                    component.up();
+                    component
+                });
+                let provider = otlp::tracer_provider(&settings, runtime, component)?;
                 let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "portcullis");
                 // Only the gateway's own spans (and the events inside them) are exported: rmcp
                 // and HTTP-stack spans would add per-session noise and could outlive requests.

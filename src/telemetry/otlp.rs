@@ -27,7 +27,7 @@ use opentelemetry_sdk::{
 };
 use url::Url;
 
-use super::Error;
+use super::{ComponentHandle, Error};
 
 /// Default `service.name`.
 pub(crate) const DEFAULT_SERVICE_NAME: &str = "portcullis";
@@ -61,12 +61,14 @@ pub(crate) enum SamplerSpec {
     ParentBasedTraceIdRatio(f64),
 }
 
-/// [`HttpClient`] for the OTLP exporter over our reqwest 0.13 client.
+/// [`HttpClient`] for the OTLP exporter over our reqwest 0.13 client. Reports each export's
+/// result to the `trace_exporter` health component, when there is one.
 #[derive(Debug)]
 pub(crate) struct ExportClient {
     http: reqwest::Client,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
+    health: Option<ComponentHandle>,
 }
 
 // === impl ExportSettings ===
@@ -203,14 +205,18 @@ impl SamplerSpec {
 ///
 /// # Errors
 /// [`Error::Exporter`] when the exporter or its HTTP client cannot be built.
-pub(crate) fn tracer_provider(settings: &ExportSettings, runtime: tokio::runtime::Handle) -> Result<SdkTracerProvider, Error> {
+pub(crate) fn tracer_provider(
+    settings: &ExportSettings,
+    runtime: tokio::runtime::Handle,
+    health: Option<ComponentHandle>,
+) -> Result<SdkTracerProvider, Error> {
     // Redirects are not followed: the collector URL is configuration, not a suggestion.
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(settings.timeout)
         .build()
         .map_err(|e| Error::Exporter(format!("HTTP client: {e}")))?;
-    let client = ExportClient { http, runtime, timeout: settings.timeout };
+    let client = ExportClient { http, runtime, timeout: settings.timeout, health };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(client)
@@ -250,11 +256,41 @@ impl HttpClient for ExportClient {
             };
             tokio::time::timeout(timeout, exchange).await
         });
-        let (status, headers, body) = task.await??.map_err(Box::new)?;
+        let outcome = task.await?;
+        // Causes are generic on purpose: reqwest errors name the URL, and a health detail
+        // is public.
+        let (status, headers, body) = match outcome {
+            Ok(Ok(exchange)) => exchange,
+            Ok(Err(error)) => {
+                self.report(Err("collector unreachable"));
+                return Err(Box::new(error));
+            }
+            Err(elapsed) => {
+                self.report(Err("export timed out"));
+                return Err(Box::new(elapsed));
+            }
+        };
+        if status.is_success() {
+            self.report(Ok(()));
+        } else {
+            self.report(Err(&format!("collector answered {}", status.as_u16())));
+        }
         let mut response = Response::new(body);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         Ok(response)
+    }
+}
+
+impl ExportClient {
+    /// Export failures degrade the component (traces are lost, requests are not): the
+    /// gateway stays ready.
+    fn report(&self, result: Result<(), &str>) {
+        match (&self.health, result) {
+            (Some(health), Ok(())) => health.up(),
+            (Some(health), Err(cause)) => health.degraded(cause),
+            (None, _) => {}
+        }
     }
 }
 

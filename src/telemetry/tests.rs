@@ -208,6 +208,24 @@ async fn inject_round_trips_through_headers_and_meta() {
     tokio::task::spawn_blocking(move || drop(guard)).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_collector_degrades_the_exporter_but_not_readiness() {
+    let environment = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "300")]);
+    let health = Health::new();
+    let (dispatch, guard) = TelemetryBuilder::new(&environment).writer(Buffer::default()).health(&health).build().unwrap();
+    assert_eq!(health.state(EXPORTER_COMPONENT), Some(ComponentState::Up));
+    tracing::dispatcher::with_default(&dispatch, || drop(server_span("ping", None, opentelemetry::Context::new())));
+    let guard = tokio::task::spawn_blocking(move || {
+        assert!(guard.force_flush().is_err(), "nothing listens on the discard port");
+        guard
+    })
+    .await
+    .unwrap();
+    assert_eq!(health.state(EXPORTER_COMPONENT), Some(ComponentState::Degraded("collector unreachable".into())));
+    assert!(health.readiness().ready, "lost traces never make the gateway unready");
+    tokio::task::spawn_blocking(move || drop(guard)).await.unwrap();
+}
+
 #[test]
 fn span_names_follow_the_mcp_convention() {
     assert_eq!(span_name("tools/call", Some("weather__get_forecast")), "tools/call weather__get_forecast");
@@ -263,7 +281,9 @@ async fn tools_call_exports_server_and_client_spans_in_the_clients_trace() {
         ("OTEL_SERVICE_NAME", "portcullis-test"),
     ]);
     let logs = Buffer::default();
-    let (dispatch, guard) = TelemetryBuilder::new(&environment).format(LogFormat::Json).writer(logs.clone()).build().unwrap();
+    let health = Health::new();
+    let (dispatch, guard) =
+        TelemetryBuilder::new(&environment).format(LogFormat::Json).writer(logs.clone()).health(&health).build().unwrap();
     let _default = tracing::dispatcher::set_default(&dispatch);
 
     let session_id = "a1b2c3d4-raw-session-id";
@@ -330,6 +350,7 @@ async fn tools_call_exports_server_and_client_spans_in_the_clients_trace() {
         }
     }
     assert_eq!(spans.len(), 2, "{spans:#?}");
+    assert_eq!(health.state(EXPORTER_COMPONENT), Some(ComponentState::Up));
     assert_eq!(export_headers.get("x-collector-tenant").unwrap(), "acme");
     assert_eq!(export_headers.get("content-type").unwrap(), "application/x-protobuf");
     assert_eq!(string_attribute(&resource, "service.name").as_deref(), Some("portcullis-test"));
