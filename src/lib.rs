@@ -20,6 +20,8 @@
 //!   call was allowed.
 //! - [`upstream`]: rmcp streamable-HTTP client connections to allow-listed upstreams and the
 //!   relay of their notifications and requests back to the right client session.
+//! - [`telemetry`]: logs, OpenTelemetry traces (OTLP/HTTP), Prometheus metrics, W3C trace
+//!   context propagation, and the health registry behind `/healthz` and `/readyz`.
 //! - [`demo`]: the built-in demo upstream used by `portcullis demo`.
 //! - [`cli`]: command-line parsing and the `serve`, `token`, `demo` and `policy explain` commands.
 
@@ -31,6 +33,7 @@ pub mod demo;
 pub mod policy;
 pub mod router;
 pub mod session;
+pub mod telemetry;
 pub mod transport;
 pub mod upstream;
 

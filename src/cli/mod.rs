@@ -7,7 +7,6 @@ pub mod policy;
 
 use std::{
     collections::HashMap,
-    io::IsTerminal,
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
@@ -114,7 +113,6 @@ fn parse_upstream(value: &str) -> Result<(String, Url), String> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -131,17 +129,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).init();
-    }
-}
-
 /// Runs one parsed command and returns the exit status (`policy explain`: 1 when denied).
 ///
 /// # Errors
@@ -150,10 +137,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = crate::process_env();
     match cli.command {
         Command::Serve(args) => serve(args, &env).await.map(|()| ExitCode::SUCCESS),
-        Command::Token(args) => token(args, &env).map(|()| ExitCode::SUCCESS),
+        Command::Token(args) => {
+            let _telemetry = start_telemetry(&env, None)?;
+            token(args, &env).map(|()| ExitCode::SUCCESS)
+        }
         Command::Demo(args) => demo(args, &env).await.map(|()| ExitCode::SUCCESS),
-        Command::Policy(args) => policy::run(args, &env),
+        Command::Policy(args) => {
+            let _telemetry = start_telemetry(&env, None)?;
+            policy::run(args, &env)
+        }
     }
+}
+
+/// Logging and, when configured, trace export, for the rest of the command. Runs inside
+/// the runtime (the OTLP exporter needs it) and, for `serve`/`demo`, once the settings are
+/// known (`telemetry.otlp_endpoint`); the returned guard flushes spans when dropped.
+fn start_telemetry(
+    env: &HashMap<String, String>,
+    settings: Option<&crate::config::TelemetrySettings>,
+) -> anyhow::Result<crate::telemetry::TelemetryGuard> {
+    let endpoint = settings.and_then(|s| s.otlp_endpoint.clone());
+    crate::telemetry::init(env, endpoint).context("starting telemetry (logs and traces)")
 }
 
 fn load_settings(config: &ConfigArgs, overrides: Overrides, env: &HashMap<String, String>) -> anyhow::Result<Settings> {
@@ -165,6 +169,7 @@ fn load_settings(config: &ConfigArgs, overrides: Overrides, env: &HashMap<String
 async fn serve(args: ServeArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
     let overrides = Overrides { listen: args.listen, public_url: args.public_url, data_dir: None, upstreams: args.upstreams };
     let (settings, listener) = bind(&args.config, overrides, env).await?;
+    let _telemetry = start_telemetry(env, Some(&settings.telemetry))?;
     crate::run(settings, listener, shutdown_signal()).await
 }
 
@@ -214,6 +219,7 @@ async fn demo(args: DemoArgs, env: &HashMap<String, String>) -> anyhow::Result<(
     let (settings, listener) = bind(&ConfigArgs::default(), overrides, env)
         .await
         .context("starting the demo gateway (another port: `portcullis demo --listen 127.0.0.1:8181`)")?;
+    let _telemetry = start_telemetry(env, Some(&settings.telemetry))?;
     let issuer = crate::embedded_issuer(&settings)?;
     let token = issuer.mint(&TokenRequest {
         subject: "demo-user".into(),

@@ -18,7 +18,10 @@ use http::HeaderName;
 use secrecy::SecretString;
 use url::Url;
 
-pub use raw::{AuthConfig, ClientConfig, Config, CredentialConfig, IssuerConfig, OAuthGrant, UpstreamConfig, UpstreamOAuthConfig};
+pub use raw::{
+    AuthConfig, ClientConfig, Config, CredentialConfig, IssuerConfig, OAuthGrant, TelemetryConfig, UpstreamConfig,
+    UpstreamOAuthConfig,
+};
 
 /// Environment variable prefix for configuration overrides (`PORTCULLIS_LISTEN`,
 /// `PORTCULLIS_AUTH__MAX_TOKEN_TTL`: `__` separates nested keys).
@@ -95,6 +98,19 @@ pub struct Settings {
     /// Compiled `[[policy]]` rules in configuration order; empty → the default rules
     /// (`crate::policy::Policy::from_rules`).
     pub policy: Vec<crate::policy::Rule>,
+    /// Trace export and the metrics listener.
+    pub telemetry: TelemetrySettings,
+}
+
+/// `[telemetry]`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP base URL (`/v1/traces` is appended); the `OTEL_EXPORTER_OTLP_*` endpoint
+    /// variables take precedence (`crate::telemetry::TelemetryBuilder::otlp_endpoint`).
+    pub otlp_endpoint: Option<Url>,
+    /// Separate listen address for `/metrics`, `/healthz`, `/readyz`; `None` → the main
+    /// listener serves them. Never equal to `listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Token issuance and validation settings.
@@ -290,7 +306,8 @@ impl Settings {
     /// # Errors
     /// [`Error::Invalid`] naming the key: a bad public URL, a duplicate or malformed upstream
     /// name, a non-HTTP(S) upstream URL, a credential whose environment variable is unset, a
-    /// leeway above 60 seconds, a zero body cap, or a `[[policy]]` rule that does not compile.
+    /// leeway above 60 seconds, a zero body cap, a `[[policy]]` rule that does not compile, a
+    /// non-HTTP(S) `telemetry.otlp_endpoint`, or a `telemetry.metrics_listen` equal to `listen`.
     pub fn from_config(config: Config, env: &HashMap<String, String>) -> Result<Self, Error> {
         let listen = config.listen.unwrap_or(raw::DEFAULT_LISTEN);
         let public_url = match config.public_url {
@@ -382,6 +399,7 @@ impl Settings {
             }
             upstreams.push(settings);
         }
+        let telemetry = telemetry_settings(config.telemetry, listen)?;
         let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         let policy = crate::policy::compile_rules(&config.policy, &names)?;
         auth.scopes_supported = crate::policy::Policy::from_rules(policy.clone()).scopes_supported();
@@ -398,6 +416,7 @@ impl Settings {
             auth,
             upstreams,
             policy,
+            telemetry,
         })
     }
 
@@ -406,6 +425,21 @@ impl Settings {
     pub fn resource_metadata_url(&self) -> String {
         format!("{}/.well-known/oauth-protected-resource/mcp", self.public_url.as_str().trim_end_matches('/'))
     }
+}
+
+fn telemetry_settings(config: TelemetryConfig, listen: SocketAddr) -> Result<TelemetrySettings, Error> {
+    if let Some(url) = &config.otlp_endpoint
+        && (!matches!(url.scheme(), "http" | "https") || url.host_str().is_none())
+    {
+        return Err(invalid("telemetry.otlp_endpoint", "must be an http(s) URL of an OTLP/HTTP collector, e.g. http://otel-collector:4318"));
+    }
+    if let Some(address) = config.metrics_listen
+        && address == listen
+        && address.port() != 0
+    {
+        return Err(invalid("telemetry.metrics_listen", "must differ from listen (omit it to serve /metrics on the main listener)"));
+    }
+    Ok(TelemetrySettings { otlp_endpoint: config.otlp_endpoint, metrics_listen: config.metrics_listen })
 }
 
 fn invalid(key: &str, reason: &str) -> Error {

@@ -40,6 +40,24 @@ pub struct Config {
     pub upstream: Vec<UpstreamConfig>,
     /// Policy rules (`[[policy]]` tables); none → the default scope rules.
     pub policy: Vec<crate::policy::PolicyRuleConfig>,
+    /// Traces, metrics and health endpoints.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: trace export and the metrics listener. The standard `OTEL_*` environment
+/// variables take precedence (README "Telemetry and health").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL of the trace collector, e.g. `http://otel-collector:4318`
+    /// (`/v1/traces` is appended); unset → traces are not exported unless
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<Url>,
+    /// Separate address for `/metrics`, `/healthz` and `/readyz` (e.g. `0.0.0.0:9090`);
+    /// unset → they are served on the main listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[auth]`: the embedded authorization server and token validation.
@@ -244,6 +262,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             upstream: Vec::new(),
             policy: Vec::new(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

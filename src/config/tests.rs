@@ -125,3 +125,26 @@ fn signing_key_and_issuer_settings_are_validated() {
     assert_eq!(s.auth.issuers[0].audience, s.resource);
     assert_eq!(s.auth.issuers[0].algorithms.len(), 4);
 }
+
+#[test]
+fn telemetry_section_defaults_file_and_env() {
+    let s = settings(None, &[], Overrides::default()).unwrap();
+    assert!(s.telemetry.otlp_endpoint.is_none() && s.telemetry.metrics_listen.is_none());
+    let file = "[telemetry]\notlp_endpoint = \"http://collector:4318\"\nmetrics_listen = \"127.0.0.1:9090\"\n";
+    let s = settings(Some(file), &[], Overrides::default()).unwrap();
+    assert_eq!(s.telemetry.otlp_endpoint.unwrap().as_str(), "http://collector:4318/");
+    assert_eq!(s.telemetry.metrics_listen.unwrap().to_string(), "127.0.0.1:9090");
+    let s = settings(None, &[("PORTCULLIS_TELEMETRY__METRICS_LISTEN", "0.0.0.0:9100")], Overrides::default()).unwrap();
+    assert_eq!(s.telemetry.metrics_listen.unwrap().to_string(), "0.0.0.0:9100");
+}
+
+#[test]
+fn telemetry_section_rejects_bad_values_naming_the_key() {
+    let error = settings(Some("[telemetry]\notlp_endpoint = \"grpc://collector:4317\"\n"), &[], Overrides::default()).unwrap_err();
+    assert!(error.to_string().contains("telemetry.otlp_endpoint"), "{error}");
+    let same = "listen = \"127.0.0.1:9000\"\n[telemetry]\nmetrics_listen = \"127.0.0.1:9000\"\n";
+    let error = settings(Some(same), &[], Overrides::default()).unwrap_err();
+    assert!(error.to_string().contains("telemetry.metrics_listen"), "{error}");
+    let error = Config::load(Some(write("[telemetry]\nmetrics_port = 9\n").path()), &HashMap::new(), &Overrides::default()).unwrap_err();
+    assert!(error.to_string().contains("metrics_port"), "{error}");
+}
