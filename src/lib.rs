@@ -19,6 +19,8 @@
 //! - [`policy`]: deny-by-default decisions; [`policy::Grant`] proves a call was allowed.
 //! - [`upstream`]: rmcp streamable-HTTP client connections to allow-listed upstreams and the
 //!   relay of their notifications and requests back to the right client session.
+//! - [`guard`]: scans tool results, resources, prompts and definitions for prompt-injection
+//!   markers (strip, annotate or block) and pins tool definitions against rug pulls.
 //! - [`demo`]: the built-in demo upstream used by `portcullis demo`.
 //! - [`cli`]: command-line parsing and the `serve`, `token` and `demo` commands.
 
@@ -27,6 +29,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod guard;
 pub mod policy;
 pub mod router;
 pub mod session;
