@@ -146,6 +146,21 @@ impl Guard {
         outcome
     }
 
+    /// Scans one text and says what policy would do with it, without changing anything:
+    /// on [`Surface::Result`] the strongest family action; on [`Surface::Description`]
+    /// `block` when flagged definitions are withheld, `annotate` otherwise.
+    pub fn check(&self, text: &str, surface: Surface, upstream: Option<&str>) -> Outcome {
+        let policy = upstream.map_or(&self.global, |u| self.policy(u));
+        let findings = self.scan(text, surface, upstream);
+        let action = match surface {
+            _ if findings.is_empty() => None,
+            Surface::Result => findings.iter().map(|f| policy.actions().action(f.family)).max(),
+            Surface::Description if policy.definitions() == DefinitionAction::Withhold => Some(Action::Block),
+            Surface::Description => Some(Action::Annotate),
+        };
+        Outcome { action, findings }
+    }
+
     /// Scans a tool definition from `upstream`: name, title, description, annotation title,
     /// and every key and string of the input and output schemas.
     pub fn scan_tool(&self, upstream: &str, tool: &Tool) -> DefinitionScan {
