@@ -153,7 +153,8 @@ pub struct Finding {
 pub struct Scanner;
 
 /// The guard for a gateway: the scanner plus the effective policy of each upstream.
-#[derive(Debug, Clone)]
+/// `Guard::default()` applies the default policy everywhere.
+#[derive(Debug, Clone, Default)]
 pub struct Guard {
     global: Policy,
     upstreams: HashMap<String, Policy>,
@@ -407,11 +408,5 @@ impl Guard {
     pub fn scan(&self, text: &str, surface: Surface, upstream: Option<&str>) -> Vec<Finding> {
         let policy = upstream.map_or(&self.global, |u| self.policy(u));
         Scanner.scan(text, surface, &|host| policy.host_allowed(host))
-    }
-}
-
-impl Default for Guard {
-    fn default() -> Self {
-        Self { global: Policy::default(), upstreams: HashMap::new() }
     }
 }
