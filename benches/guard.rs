@@ -65,6 +65,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         row.get("family").and_then(Value::as_str).is_some_and(|f| HOSTILE_FAMILIES.contains(&f))
     })?;
 
+    if std::env::var_os("GUARD_BENCH_SLOWEST").is_some() {
+        let mut timed: Vec<(f64, usize, String)> = benign
+            .iter()
+            .chain(&hostile)
+            .map(|t| {
+                let start = Instant::now();
+                for _ in 0..20 {
+                    std::hint::black_box(guard.scan(t, Surface::Result, None));
+                }
+                (start.elapsed().as_secs_f64() * 1e6 / 20.0, t.len(), t.chars().take(100).collect::<String>())
+            })
+            .collect();
+        timed.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (us, len, head) in timed.iter().take(12) {
+            println!("{us:8.0} µs {len:7} B {:.1} µs/KiB {head:?}", us / (*len as f64 / 1024.0));
+        }
+    }
     // Warm up: compiles the rules and the lazy DFAs.
     throughput(&guard, &benign, 1);
     throughput(&guard, &hostile, 1);

@@ -49,6 +49,16 @@ pub enum Command {
     /// Pinned tool definitions: list them, approve changed ones.
     #[command(subcommand)]
     Tools(ToolsCommand),
+    /// Connect to an MCP server as a client and report poisoned or suspicious tools, prompts
+    /// and resources (exit status 1 when anything is flagged).
+    Scan {
+        /// The server's streamable-HTTP endpoint.
+        #[arg(value_name = "URL")]
+        url: Url,
+        /// Extra request header (repeatable), e.g. "Authorization: Bearer …".
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+    },
 }
 
 /// `portcullis guard …`.
@@ -193,6 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args, &env).await,
         Command::Guard(GuardCommand::Check { jsonl }) => guard_check(jsonl),
         Command::Tools(command) => tools(command, &env),
+        Command::Scan { url, headers } => scan(&url, &headers).await,
     }
 }
 
@@ -305,6 +316,29 @@ fn tools(command: ToolsCommand, env: &HashMap<String, String>) -> anyhow::Result
             Ok(())
         }
     }
+}
+
+/// `portcullis scan URL`: lists the server's tools, prompts and resources and scans them.
+async fn scan(url: &Url, headers: &[String]) -> anyhow::Result<()> {
+    let mut map = HashMap::new();
+    for header in headers {
+        let (name, value) = header.split_once(':').with_context(|| format!("expected \"NAME: VALUE\", got {header:?}"))?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes()).with_context(|| format!("invalid header name {name:?}"))?;
+        let value = http::HeaderValue::from_str(value.trim()).context("invalid header value")?;
+        map.insert(name, value);
+    }
+    let items = crate::guard::scan_server(&crate::guard::Guard::default(), url.as_str(), map).await?;
+    let flagged: Vec<_> = items.iter().filter(|i| !i.findings.is_empty()).collect();
+    for item in &flagged {
+        let rules: Vec<String> = item.findings.iter().map(|f| format!("{} ({})", f.rule, f.family)).collect();
+        println!("{} {}: {}", item.kind, item.name, rules.join(", "));
+    }
+    let count = |kind| items.iter().filter(|i| i.kind == kind).count();
+    println!("scanned {} tools, {} prompts, {} resources: {} flagged", count("tool"), count("prompt"), count("resource"), flagged.len());
+    if !flagged.is_empty() {
+        bail!("{} of {} items flagged", flagged.len(), items.len());
+    }
+    Ok(())
 }
 
 async fn demo(args: DemoArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {

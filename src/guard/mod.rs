@@ -27,6 +27,7 @@
 mod config;
 mod normalize;
 mod pins;
+mod remote;
 mod rules;
 mod sanitize;
 
@@ -46,6 +47,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     config::{Action, DefinitionAction, FamilyActions, FamilyOverrides, GuardConfig, GuardOverride, Policy},
     pins::{PinEntry, PinState, PinStore, PinVerdict, definition_hash},
+    remote::{MAX_RESOURCE_READS, ScannedItem, scan_server},
     rules::{RULES, RuleInfo},
     sanitize::{DefinitionScan, Outcome},
 };
@@ -100,6 +102,14 @@ pub enum Error {
     UnknownTool {
         /// `UPSTREAM/TOOL`.
         key: String,
+    },
+    /// `portcullis scan`: the remote server could not be scanned.
+    #[error("cannot scan MCP server {url}: {reason}")]
+    Remote {
+        /// The server's URL.
+        url: String,
+        /// What failed.
+        reason: String,
     },
     /// `approve` named a tool without a pending change.
     #[error("tool {key} has no pending definition change to approve")]
@@ -228,7 +238,9 @@ impl Scanner {
                 }
             }
         }
-        if analysis.view.matches("\",").count() >= 4 {
+        let split = analysis.view.contains("\",")
+            && rules::COMPILED.as_ref().is_none_or(|rules| rules.split_fragments.is_match(analysis.view.as_bytes()));
+        if split {
             let joined = analysis.view.replace("\", \"", "").replace("\",\"", "").replace("\",", "");
             let inner = scan_decoded(&joined, surface, allowed);
             let new: Vec<Finding> = inner.into_iter().filter(|f| !found.contains(f.rule)).collect();

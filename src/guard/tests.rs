@@ -49,6 +49,8 @@ fn plain_text_is_clean() {
         "See [the docs](https://docs.rs/regex/latest/regex/?search=RegexSet) and ![logo](https://example.com/logo.png?v=4)",
         "User avatar https://avatars.githubusercontent.com/u/21031067?v=4 and node MDQ6VXNlcjIxMDMxMDY3",
         "<!-- ignore -->\nSome mdBook text.",
+        "User: alice\nSystem: Linux 6.1 x86_64\nUsage: tool [OPTIONS] [COMMAND]",
+        "Ignore the information in the previous chapter for now; we come back to it.",
     ] {
         assert_eq!(result(text), Vec::<&str>::new(), "{text:?}");
     }
