@@ -1,6 +1,7 @@
 //! Recall and false-positive rates on the development half of the shared security corpora
 //! (`tests/data/corpora/`, see its README for sources and licences). Run with
-//! `cargo test --lib guard::corpus -- --nocapture` to see the table.
+//! `cargo test --lib guard::corpus -- --nocapture` to see the table (set `GUARD_CORPUS_VERBOSE=1`
+//! to print the rules each injection row matched).
 //!
 //! Thresholds (issue 5): on the tool-result families of `injection_payloads.jsonl`, recall
 //! ≥ 90% overall and ≥ 80% per family; on `tool_descriptions.jsonl`, recall ≥ 90% on

@@ -307,7 +307,7 @@ fn scan_urls(rules: &rules::Compiled, view: &str, allowed: &dyn Fn(&str) -> bool
         if url.ends_with('=') && url.contains(['?', '&']) {
             found.add("exfil.url_open_param", Family::Exfiltration);
         }
-        let data = rules.url_data.is_match(url.as_bytes());
+        let data = rules.url_data.is_match(url.as_bytes()) || has_encoded_segment(url);
         match kind {
             UrlKind::Image => {
                 let long_value = url
@@ -337,6 +337,18 @@ fn scan_urls(rules: &rules::Compiled, view: &str, allowed: &dyn Fn(&str) -> bool
     for url in rules.bare_url.find_iter(bytes) {
         check(url.as_bytes(), UrlKind::Bare);
     }
+}
+
+/// Whether a URL segment looks like encoded data: 40+ characters of the base64 alphabet
+/// with both upper- and lower-case letters. Hex digests (commit SHAs) and UUIDs are one case
+/// only, so a link to a commit is not data.
+fn has_encoded_segment(url: &str) -> bool {
+    url.split(['/', '?', '&', '=', '#', ';', ',']).any(|segment| {
+        segment.len() >= 40
+            && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'_'))
+            && segment.bytes().any(|b| b.is_ascii_uppercase())
+            && segment.bytes().any(|b| b.is_ascii_lowercase())
+    })
 }
 
 /// The host of an absolute `http(s)` (or scheme-relative) URL, without user info and port.

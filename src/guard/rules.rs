@@ -96,7 +96,7 @@ const PHRASES: &[PhraseRule] = &[
         anchors: &["ignore", "disregard", "forget", "neglect", "overlook"],
         family: Family::Instruction,
         only: None,
-        pattern: r#"(?i-u)\b(?:ignore|disregard|forget|neglect|overlook)\b[ \t,]+(?:(?:all|any|every|each|the|these|those|this|your|my|of|and|or|previous|previously|prior|preceding|above|earlier|former|following|foregoing|rest|remaining|other|original|initial|existing|system|safety|negative|current|given|provided)[ \t,]+){0,6}(?:instructions?|directions?|directives?|prompts?|rules|guidelines|guardrails|restrictions|constraints|policies)\b|\b(?:ignore|disregard|forget|neglect|overlook)\b[ \t,]+(?:(?:the|your|my|of|and|or|previous|previously|prior|preceding|above|earlier|former|following|foregoing|rest|remaining|other|original|initial|existing|system|safety|negative|current|given|provided)[ \t,]+){0,5}?(?:all|any|every|these|those|this|previous|prior|preceding|above|earlier|following|foregoing|rest|remaining|other|negative)[ \t,]+(?:(?:the|your|my|of|and|or|previous|prior|preceding|above|earlier|following|rest|remaining|other|original|system|negative|current|given|provided)[ \t,]+){0,4}(?:context|content|data|info|information|text|messages?|indicators|documents?|snippets?|conversation|commands|everything)\b|\b(?:ignore|disregard)[ \t]+(?:them|it|that|everything)[ \t]+(?:and|but)[ \t]+(?:instead|only|just)\b"#,
+        pattern: r#"(?i-u)\b(?:ignore|disregard|forget|neglect|overlook)\b[ \t,]+(?:(?:all|any|every|each|the|these|those|this|your|my|of|and|or|previous|previously|prior|preceding|above|earlier|former|following|foregoing|rest|remaining|other|original|initial|existing|system|safety|negative|current|given|provided)[ \t,]+){0,6}(?:instructions?|directions?|directives?|prompts?|rules|guidelines|guidance|guardrails|restrictions|constraints|policies|orders|programming)\b|\b(?:ignore|disregard|forget)[ \t]+(?:about[ \t]+)?(?:everything|all[ \t]+(?:that|of[ \t]+that))[ \t]+(?:you[ \t]+(?:were|have[ \t]+been|know|learned)|above|before|previously|said|else[ \t]+and)\b|\b(?:ignore|disregard|forget|neglect|overlook)\b[ \t,]+(?:(?:the|your|my|of|and|or|previous|previously|prior|preceding|above|earlier|former|following|foregoing|rest|remaining|other|original|initial|existing|system|safety|negative|current|given|provided)[ \t,]+){0,5}?(?:all|any|every|these|those|this|previous|prior|preceding|above|earlier|following|foregoing|rest|remaining|other|negative)[ \t,]+(?:(?:the|your|my|of|and|or|previous|prior|preceding|above|earlier|following|rest|remaining|other|original|system|negative|current|given|provided)[ \t,]+){0,4}(?:context|content|data|info|information|text|messages?|indicators|documents?|snippets?|conversation|commands|everything)\b|\b(?:ignore|disregard)[ \t]+(?:them|it|that|everything)[ \t]+(?:and|but)[ \t]+(?:instead|only|just)\b"#,
     },
     PhraseRule {
         id: "instruction.forced_output",
@@ -230,7 +230,7 @@ pub(super) struct Compiled {
     pub(super) bare_url: Regex,
     /// Slot for data in a URL.
     pub(super) url_placeholder: Regex,
-    /// A long encoded value (base64, hex, percent-encoded text) in a URL.
+    /// Percent-encoded or `+`-joined text in a URL (long base64 runs are checked in code).
     pub(super) url_data: Regex,
     /// Base64 run worth decoding.
     pub(super) base64_run: Regex,
@@ -304,7 +304,7 @@ impl Compiled {
             html_img: Regex::new(r#"(?i-u)<img\b[^>]*?\bsrc[ \t]*=[ \t]*["']?([^"'\s>]+)"#)?,
             bare_url: Regex::new(r#"(?i-u)\bhttps?://[^\s<>"'`]+"#)?,
             url_placeholder: Regex::new(r"(?-u)\[[A-Z][A-Z0-9_ ]{1,24}\]|\{[A-Z][A-Z0-9_]{1,24}\}|<[A-Z][A-Z0-9_]{1,24}>|\$\{?[A-Z][A-Z0-9_]{2,24}\}?|(?i)\{\{?[ \t]*(?:data|info|summary|conversation|chat|history|context|secrets?|password|token|key|email|messages?|content|query|user_?input)[ \t]*\}?\}")?,
-            url_data: Regex::new(r"(?-u)[A-Za-z0-9+_=%-]{40,}|(?:%[0-9A-Fa-f]{2}[^&#%]{0,6}){6,}|(?:[A-Za-z0-9]+\+){5,}")?,
+            url_data: Regex::new(r"(?-u)(?:%[0-9A-Fa-f]{2}[^&#%]{0,6}){6,}|(?:[A-Za-z0-9]+\+){5,}")?,
             base64_run: Regex::new(r"(?-u)[A-Za-z0-9+/]{24,}={0,2}|[A-Za-z0-9_-]{32,}")?,
             split_fragments: Regex::new(r#"(?-u)"[^"\n]{1,12}",[ \t]?"[^"\n]{1,12}",[ \t]?"[^"\n]{1,12}",[ \t]?""#)?,
             html_comment: Regex::new(r"(?s-u)<!--(.{0,4000}?)-->")?,
