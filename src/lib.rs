@@ -22,6 +22,8 @@
 //!   relay of their notifications and requests back to the right client session.
 //! - [`telemetry`]: logs, OpenTelemetry traces (OTLP/HTTP), Prometheus metrics, W3C trace
 //!   context propagation, and the health registry behind `/healthz` and `/readyz`.
+//! - [`guard`]: scans tool results, resources, prompts and definitions for prompt-injection
+//!   markers (strip, annotate or block) and pins tool definitions against rug pulls.
 //! - [`demo`]: the built-in demo upstream used by `portcullis demo`.
 //! - [`cli`]: command-line parsing and the `serve`, `token`, `demo` and `policy explain` commands.
 
@@ -30,6 +32,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod guard;
 pub mod policy;
 pub mod router;
 pub mod session;

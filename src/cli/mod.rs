@@ -1,4 +1,5 @@
-//! Command line: `portcullis serve`, `portcullis token`, `portcullis demo`, `portcullis policy`.
+//! Command line: `portcullis serve`, `portcullis token`, `portcullis demo`, `portcullis policy`,
+//! `portcullis guard check`, `portcullis tools list|approve`, `portcullis scan`.
 //!
 //! `main` stays tiny: [`main`] parses arguments, runs one command and maps its error chain
 //! to a message on stderr and a non-zero exit code.
@@ -45,6 +46,58 @@ pub enum Command {
     Demo(DemoArgs),
     /// Inspect the access policy (`policy explain`).
     Policy(policy::PolicyArgs),
+    /// Prompt-injection guard tools.
+    #[command(subcommand)]
+    Guard(GuardCommand),
+    /// Pinned tool definitions: list them, approve changed ones.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
+    /// Connect to an MCP server as a client and report poisoned or suspicious tools, prompts
+    /// and resources (exit status 1 when anything is flagged).
+    Scan {
+        /// The server's streamable-HTTP endpoint.
+        #[arg(value_name = "URL")]
+        url: Url,
+        /// Extra request header (repeatable), e.g. "Authorization: Bearer …".
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+    },
+}
+
+/// `portcullis guard …`.
+#[derive(Debug, Subcommand)]
+pub enum GuardCommand {
+    /// Scan text from stdin. With `--jsonl`, each line is `{"text": …, "surface": "result" |
+    /// "description"}` and gets one line `{"flagged", "action", "findings"}`; without it,
+    /// all of stdin is one text.
+    Check {
+        /// Read and write JSON lines.
+        #[arg(long)]
+        jsonl: bool,
+    },
+}
+
+/// `portcullis tools …`.
+#[derive(Debug, Subcommand)]
+pub enum ToolsCommand {
+    /// List pinned tools and their state.
+    List {
+        /// Where the data dir comes from.
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only tools whose definition changed and awaits approval.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Approve the changed definition of a tool, so it is listed and callable again.
+    Approve {
+        /// Where the data dir comes from.
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The tool, as `UPSTREAM/TOOL` (the upstream's own tool name, without prefix).
+        #[arg(value_name = "UPSTREAM/TOOL")]
+        tool: String,
+    },
 }
 
 /// Where the configuration comes from.
@@ -146,6 +199,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _telemetry = start_telemetry(&env, None)?;
             policy::run(args, &env)
         }
+        Command::Guard(GuardCommand::Check { jsonl }) => guard_check(jsonl).map(|()| ExitCode::SUCCESS),
+        Command::Tools(command) => tools(command, &env).map(|()| ExitCode::SUCCESS),
+        Command::Scan { url, headers } => {
+            let _telemetry = start_telemetry(&env, None)?;
+            scan(&url, &headers).await.map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -199,6 +258,99 @@ fn token(args: TokenArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
         client_id: args.client_id,
     };
     println!("{}", issuer.mint(&request)?);
+    Ok(())
+}
+
+/// `portcullis guard check`: scans stdin with the default guard policy.
+fn guard_check(jsonl: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+
+    use crate::guard::{Guard, Surface};
+
+    #[derive(serde::Deserialize)]
+    struct Line {
+        text: String,
+        #[serde(default = "result_surface")]
+        surface: Surface,
+    }
+    fn result_surface() -> Surface {
+        Surface::Result
+    }
+    let guard = Guard::default();
+    let verdict = |text: &str, surface| {
+        let outcome = guard.check(text, surface, None);
+        let action = outcome.action.map_or(serde_json::json!("allow"), |a| serde_json::json!(a));
+        serde_json::json!({ "flagged": outcome.flagged(), "action": action, "findings": outcome.findings })
+    };
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    if !jsonl {
+        let mut text = String::new();
+        stdin.lock().read_to_string(&mut text).context("reading stdin")?;
+        writeln!(out, "{}", verdict(&text, Surface::Result))?;
+        return Ok(());
+    }
+    for (number, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = match serde_json::from_str::<Line>(&line) {
+            Ok(line) => verdict(&line.text, line.surface),
+            Err(error) => serde_json::json!({ "error": format!("line {}: {error}", number + 1) }),
+        };
+        writeln!(out, "{answer}")?;
+    }
+    Ok(())
+}
+
+/// `portcullis tools list|approve`: the pin store in the data dir.
+fn tools(command: ToolsCommand, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    use crate::guard::{PinState, PinStore};
+
+    match command {
+        ToolsCommand::List { config, pending } => {
+            let settings = load_settings(&config, Overrides::default(), env)?;
+            let entries = PinStore::new(&settings.data_dir).list(pending)?;
+            for entry in entries {
+                let state = match &entry.state {
+                    PinState::Pinned => "pinned".to_owned(),
+                    PinState::Pending { new_hash, .. } => format!("pending new={}", &new_hash[..new_hash.len().min(16)]),
+                };
+                println!("{}/{}\t{state}\thash={}", entry.upstream, entry.tool, &entry.hash[..entry.hash.len().min(16)]);
+            }
+            Ok(())
+        }
+        ToolsCommand::Approve { config, tool } => {
+            let (upstream, name) = tool.split_once('/').context("expected UPSTREAM/TOOL, e.g. github/create_issue")?;
+            let settings = load_settings(&config, Overrides::default(), env)?;
+            let entry = PinStore::new(&settings.data_dir).approve(upstream, name)?;
+            println!("approved {}/{} (hash {})", entry.upstream, entry.tool, entry.hash);
+            Ok(())
+        }
+    }
+}
+
+/// `portcullis scan URL`: lists the server's tools, prompts and resources and scans them.
+async fn scan(url: &Url, headers: &[String]) -> anyhow::Result<()> {
+    let mut map = HashMap::new();
+    for header in headers {
+        let (name, value) = header.split_once(':').with_context(|| format!("expected \"NAME: VALUE\", got {header:?}"))?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes()).with_context(|| format!("invalid header name {name:?}"))?;
+        let value = http::HeaderValue::from_str(value.trim()).context("invalid header value")?;
+        map.insert(name, value);
+    }
+    let items = crate::guard::scan_server(&crate::guard::Guard::default(), url.as_str(), map).await?;
+    let flagged: Vec<_> = items.iter().filter(|i| !i.findings.is_empty()).collect();
+    for item in &flagged {
+        let rules: Vec<String> = item.findings.iter().map(|f| format!("{} ({})", f.rule, f.family)).collect();
+        println!("{} {}: {}", item.kind, item.name, rules.join(", "));
+    }
+    let count = |kind| items.iter().filter(|i| i.kind == kind).count();
+    println!("scanned {} tools, {} prompts, {} resources: {} flagged", count("tool"), count("prompt"), count("resource"), flagged.len());
+    if !flagged.is_empty() {
+        bail!("{} of {} items flagged", flagged.len(), items.len());
+    }
     Ok(())
 }
 

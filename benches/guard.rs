@@ -1,0 +1,116 @@
+//! Guard scan cost: µs per KiB on benign and hostile text, and the latency the guard adds to
+//! one `tools/call` result (p50/p99 of `Guard::sanitize_tool_result`).
+//!
+//! `cargo bench --bench guard`. Inputs are the development corpora in `tests/data/corpora/`:
+//! benign = `benign_text.jsonl` + `benign_tool_outputs.jsonl`; hostile = the tool-result
+//! families of `injection_payloads.jsonl`. A plain harness on `std::time::Instant` (no
+//! criterion): it is a bench, not a test.
+
+use std::{path::PathBuf, time::Instant};
+
+use portcullis::guard::{Guard, Surface};
+use rmcp::model::{CallToolResult, ContentBlock};
+use serde_json::Value;
+
+const HOSTILE_FAMILIES: [&str; 8] = [
+    "instruction_override",
+    "indirect_injection_in_document",
+    "unicode_tag_smuggling",
+    "unicode_variant_selector_smuggling",
+    "invisible_binary_smuggling",
+    "invisible_or_confusable_chars",
+    "ansi_escape_raw",
+    "markdown_exfiltration",
+];
+
+fn texts(file: &str, keep: impl Fn(&Value) -> bool) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpora").join(file);
+    let mut out = Vec::new();
+    for line in std::fs::read_to_string(path)?.lines().filter(|l| !l.trim().is_empty()) {
+        let row: Value = serde_json::from_str(line)?;
+        if keep(&row) {
+            out.push(row.get("text").and_then(Value::as_str).unwrap_or_default().to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Scans every text `rounds` times; returns (µs per KiB, KiB scanned per round).
+fn throughput(guard: &Guard, texts: &[String], rounds: usize) -> (f64, f64) {
+    let bytes: usize = texts.iter().map(String::len).sum();
+    let mut flagged = 0usize;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for text in texts {
+            flagged += usize::from(!guard.scan(text, Surface::Result, None).is_empty());
+        }
+    }
+    let elapsed = start.elapsed();
+    std::hint::black_box(flagged);
+    let kib = bytes as f64 / 1024.0;
+    (elapsed.as_secs_f64() * 1e6 / (kib * rounds as f64), kib)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or(0.0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let guard = Guard::default();
+    let mut benign = texts("benign_text.jsonl", |_| true)?;
+    let outputs = texts("benign_tool_outputs.jsonl", |_| true)?;
+    benign.extend(outputs.iter().cloned());
+    let hostile = texts("injection_payloads.jsonl", |row| {
+        row.get("family").and_then(Value::as_str).is_some_and(|f| HOSTILE_FAMILIES.contains(&f))
+    })?;
+
+    if std::env::var_os("GUARD_BENCH_SLOWEST").is_some() {
+        let mut timed: Vec<(f64, usize, String)> = benign
+            .iter()
+            .chain(&hostile)
+            .map(|t| {
+                let start = Instant::now();
+                for _ in 0..20 {
+                    std::hint::black_box(guard.scan(t, Surface::Result, None));
+                }
+                (start.elapsed().as_secs_f64() * 1e6 / 20.0, t.len(), t.chars().take(100).collect::<String>())
+            })
+            .collect();
+        timed.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (us, len, head) in timed.iter().take(12) {
+            println!("{us:8.0} µs {len:7} B {:.1} µs/KiB {head:?}", us / (*len as f64 / 1024.0));
+        }
+    }
+    // Warm up: compiles the rules and the lazy DFAs.
+    throughput(&guard, &benign, 1);
+    throughput(&guard, &hostile, 1);
+    let (benign_cost, benign_kib) = throughput(&guard, &benign, 20);
+    let (hostile_cost, hostile_kib) = throughput(&guard, &hostile, 20);
+    println!("guard scan cost (release build, one core)");
+    println!("| text | KiB per round | µs per KiB |");
+    println!("|---|---|---|");
+    println!("| benign ({} texts) | {benign_kib:.0} | {benign_cost:.1} |", benign.len());
+    println!("| hostile ({} texts) | {hostile_kib:.0} | {hostile_cost:.1} |", hostile.len());
+
+    // Added latency on a tools/call result: sanitize each benign tool output as a text block.
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        for text in &outputs {
+            let mut result = CallToolResult::success(vec![ContentBlock::text(text.clone())]);
+            let start = Instant::now();
+            let outcome = guard.sanitize_tool_result("bench", &mut result);
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+            std::hint::black_box(outcome);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let mean_kib = outputs.iter().map(String::len).sum::<usize>() as f64 / outputs.len().max(1) as f64 / 1024.0;
+    println!(
+        "\nguard on a tools/call result ({} benign tool outputs, mean {mean_kib:.1} KiB): p50 {:.0} µs, p99 {:.0} µs",
+        outputs.len(),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.99)
+    );
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! Character-level pass: finds invisible Unicode and terminal escapes, strips them, and builds
+//! the normalized *view* that the phrase rules match.
+//!
+//! The view drops what a reader cannot see (invisible and format characters, escape sequences,
+//! controls; a backspace erases the character before it, as a terminal would), maps compatibility
+//! forms to their NFKC base without combining marks (full-width letters, ligatures, Zalgo), folds
+//! non-ASCII confusables to their UTS #39 prototype (Cyrillic `е` → `e`) and turns every Unicode
+//! space into `' '`. Pure printable ASCII is its own view and is never copied.
+//!
+//! Invariant: [`walk`] is the single classifier, so what is reported and what [`strip`] removes
+//! are the same characters.
+
+use std::borrow::Cow;
+
+use unicode_normalization::char::{decompose_compatible, is_combining_mark};
+use unicode_security::{MixedScript, is_potential_mixed_script_confusable_char};
+
+use super::rules::CharRule;
+
+/// What the walk saw at one position of the original text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Event {
+    /// A character a reader sees.
+    Keep(char),
+    /// A backspace (`U+0008`): flagged as a control and, in the view, erases the previous
+    /// character.
+    Backspace,
+    /// Characters `start..end` (bytes) that the rule flags and [`strip`] may remove.
+    Drop { rule: CharRule, start: usize, end: usize },
+}
+
+/// Result of the character pass over one text.
+#[derive(Debug, Default)]
+pub(super) struct Analysis<'a> {
+    /// The normalized view (see the module docs).
+    pub(super) view: Cow<'a, str>,
+    /// Character rules that fired.
+    pub(super) rules: Vec<CharRule>,
+    /// ASCII decoded from Unicode tag characters (`U+E0020..=U+E007E`), one line per run.
+    pub(super) tag_payload: String,
+}
+
+/// Analyzes `text`: character findings, decoded tag payload and the normalized view.
+pub(super) fn analyze(text: &str) -> Analysis<'_> {
+    if is_plain_ascii(text) {
+        return Analysis { view: Cow::Borrowed(text), rules: Vec::new(), tag_payload: String::new() };
+    }
+    let mut view = String::with_capacity(text.len());
+    let mut rules = Vec::new();
+    let mut tag_payload = String::new();
+    walk(text, |event| match event {
+        Event::Keep(c) => push_normalized(&mut view, c),
+        Event::Backspace => {
+            view.pop();
+            push_rule(&mut rules, CharRule::Control);
+        }
+        Event::Drop { rule, start, end } => {
+            push_rule(&mut rules, rule);
+            if rule == CharRule::TagChars {
+                let decoded: String = text[start..end]
+                    .chars()
+                    .filter_map(|c| char::from_u32(u32::from(c).wrapping_sub(0xE0000)).filter(|a| (' '..='~').contains(a)))
+                    .collect();
+                if !decoded.is_empty() {
+                    tag_payload.push_str(&decoded);
+                    tag_payload.push('\n');
+                }
+            }
+        }
+    });
+    if has_mixed_script_confusable(text) {
+        push_rule(&mut rules, CharRule::Confusable);
+    }
+    Analysis { view: Cow::Owned(view), rules, tag_payload }
+}
+
+/// Removes the characters flagged by the rules for which `strip` returns true, and folds
+/// confusable letters inside mixed-script words to their ASCII prototype when
+/// [`CharRule::Confusable`] is stripped. Returns `None` when nothing changed.
+pub(super) fn strip(text: &str, strip: impl Fn(CharRule) -> bool) -> Option<String> {
+    if is_plain_ascii(text) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut changed = false;
+    let mut last = 0;
+    walk(text, |event| match event {
+        Event::Keep(_) => {}
+        Event::Backspace => {
+            if strip(CharRule::Control) {
+                changed = true;
+            }
+        }
+        Event::Drop { rule, start, end } => {
+            if strip(rule) {
+                out.push_str(&text[last..start]);
+                last = end;
+                changed = true;
+            }
+        }
+    });
+    // Backspaces are reported through their own event: remove them in a second, simple pass.
+    out.push_str(&text[last..]);
+    if strip(CharRule::Control) && out.contains('\u{8}') {
+        out.retain(|c| c != '\u{8}');
+        changed = true;
+    }
+    if strip(CharRule::Confusable) && has_mixed_script_confusable(&out) {
+        out = fold_confusables(&out);
+        changed = true;
+    }
+    changed.then_some(out)
+}
+
+/// Printable ASCII plus tab, line feed and carriage return: nothing to classify.
+fn is_plain_ascii(text: &str) -> bool {
+    text.bytes().all(|b| (0x20..0x7F).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'))
+}
+
+fn push_rule(rules: &mut Vec<CharRule>, rule: CharRule) {
+    if !rules.contains(&rule) {
+        rules.push(rule);
+    }
+}
+
+/// Appends `c` to the view: NFKC without combining marks, confusables folded.
+fn push_normalized(view: &mut String, c: char) {
+    if c.is_ascii() {
+        view.push(c);
+        return;
+    }
+    if c.is_whitespace() {
+        view.push(' ');
+        return;
+    }
+    decompose_compatible(c, |d| {
+        if is_combining_mark(d) {
+            return;
+        }
+        if d.is_ascii() || !is_potential_mixed_script_confusable_char(d) {
+            view.push(d);
+            return;
+        }
+        let mut buf = [0u8; 4];
+        for p in unicode_security::skeleton(d.encode_utf8(&mut buf)) {
+            if !is_combining_mark(p) {
+                view.push(p);
+            }
+        }
+    });
+}
+
+/// Walks `text`, reporting kept characters and flagged spans in order.
+pub(super) fn walk(text: &str, mut on: impl FnMut(Event)) {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let end_of = |i: usize| chars.get(i).map_or(text.len(), |&(at, _)| at);
+    let mut i = 0;
+    while let Some(&(start, c)) = chars.get(i) {
+        let prev = i.checked_sub(1).and_then(|p| chars.get(p)).map(|&(_, c)| c);
+        let next = chars.get(i + 1).map(|&(_, c)| c);
+        let cp = u32::from(c);
+        // Escape sequences first: they consume several characters.
+        if c == '\u{1b}' || c == '\u{9b}' || c == '\u{9d}' {
+            let (rule, len) = escape_sequence(&chars[i..]);
+            on(Event::Drop { rule, start, end: end_of(i + len) });
+            i += len;
+            continue;
+        }
+        if (0xE0000..=0xE007F).contains(&cp) {
+            let run = chars[i..].iter().take_while(|&&(_, c)| (0xE0000..=0xE007F).contains(&u32::from(c))).count();
+            if !is_emoji_tag_sequence(prev, &chars[i..i + run]) {
+                on(Event::Drop { rule: CharRule::TagChars, start, end: end_of(i + run) });
+            } else {
+                for &(_, c) in &chars[i..i + run] {
+                    on(Event::Keep(c));
+                }
+            }
+            i += run;
+            continue;
+        }
+        let rule = match c {
+            '\u{8}' => {
+                on(Event::Backspace);
+                i += 1;
+                continue;
+            }
+            '\t' | '\n' | '\r' => None,
+            '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => Some(CharRule::Control),
+            // Zero-width space, word joiner, invisible operators (used for binary smuggling),
+            // Mongolian vowel separator, Hangul fillers, interlinear annotation marks.
+            '\u{200b}' | '\u{2060}'..='\u{2064}' | '\u{180e}' | '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}'
+            | '\u{fff9}'..='\u{fffb}' | '\u{34f}' => Some(CharRule::ZeroWidth),
+            // A byte-order mark is only legitimate as the very first character.
+            '\u{feff}' => (start != 0).then_some(CharRule::ZeroWidth),
+            // Joiners are legitimate between two non-ASCII characters (emoji sequences, Indic
+            // and Arabic shaping); next to ASCII they only hide something.
+            '\u{200c}' | '\u{200d}' => (!between_non_ascii(prev, next)).then_some(CharRule::ZeroWidth),
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => Some(CharRule::Bidi),
+            '\u{200e}' | '\u{200f}' | '\u{61c}' => (!between_non_ascii(prev, next) && !touches_non_ascii(prev, next)).then_some(CharRule::Bidi),
+            '\u{fe00}'..='\u{fe0f}' => (!legit_variation_selector(prev)).then_some(CharRule::VariationSelector),
+            '\u{e0100}'..='\u{e01ef}' => (!prev.is_some_and(is_han)).then_some(CharRule::VariationSelector),
+            _ => None,
+        };
+        match rule {
+            Some(rule) => on(Event::Drop { rule, start, end: end_of(i + 1) }),
+            None => on(Event::Keep(c)),
+        }
+        i += 1;
+    }
+}
+
+/// Classifies the escape sequence at the start of `chars` (which starts with ESC, CSI or OSC)
+/// and returns its rule and length in characters (ECMA-48 §5.4 and §8.3.89).
+fn escape_sequence(chars: &[(usize, char)]) -> (CharRule, usize) {
+    let at = |i: usize| chars.get(i).map(|&(_, c)| c);
+    let (kind, body) = match at(0) {
+        Some('\u{9b}') => ('[', 1),
+        Some('\u{9d}') => (']', 1),
+        _ => match at(1) {
+            Some('[') => ('[', 2),
+            Some(']') => (']', 2),
+            Some(c) if ('\u{40}'..='\u{5f}').contains(&c) => return (CharRule::Control, 2),
+            _ => return (CharRule::Control, 1),
+        },
+    };
+    if kind == '[' {
+        // Parameter bytes 0x30–0x3F, intermediate bytes 0x20–0x2F, one final byte 0x40–0x7E.
+        let mut i = body;
+        while at(i).is_some_and(|c| ('\u{20}'..='\u{3f}').contains(&c)) && i < body + 64 {
+            i += 1;
+        }
+        if at(i).is_some_and(|c| ('\u{40}'..='\u{7e}').contains(&c)) {
+            i += 1;
+        }
+        return (CharRule::AnsiCsi, i);
+    }
+    // OSC: up to BEL, ST (ESC \) or C1 ST, or at most 4096 characters.
+    let hyperlink = at(body) == Some('8') && at(body + 1) == Some(';');
+    let mut i = body;
+    while let Some(c) = at(i) {
+        if c == '\u{7}' || c == '\u{9c}' {
+            i += 1;
+            break;
+        }
+        if c == '\u{1b}' {
+            i += if at(i + 1) == Some('\\') { 2 } else { 1 };
+            break;
+        }
+        if i >= body + 4096 {
+            break;
+        }
+        i += 1;
+    }
+    (if hyperlink { CharRule::Osc8Hyperlink } else { CharRule::AnsiOsc }, i)
+}
+
+/// An emoji tag sequence (a subdivision flag such as England's): U+1F3F4, tag letters or
+/// digits, then CANCEL TAG (Unicode TS #51 §2.8).
+fn is_emoji_tag_sequence(prev: Option<char>, run: &[(usize, char)]) -> bool {
+    let Some((&(_, last), body)) = run.split_last() else { return false };
+    prev == Some('\u{1f3f4}')
+        && last == '\u{e007f}'
+        && (1..=7).contains(&body.len())
+        && body.iter().all(|&(_, c)| matches!(u32::from(c), 0xE0030..=0xE0039 | 0xE0061..=0xE007A))
+}
+
+fn between_non_ascii(prev: Option<char>, next: Option<char>) -> bool {
+    let visible = |c: Option<char>| c.is_some_and(|c| !c.is_ascii() && !c.is_whitespace());
+    visible(prev) && visible(next)
+}
+
+fn touches_non_ascii(prev: Option<char>, next: Option<char>) -> bool {
+    prev.is_some_and(|c| !c.is_ascii()) || next.is_some_and(|c| !c.is_ascii())
+}
+
+/// A variation selector is legitimate once, right after a visible base: a non-ASCII symbol,
+/// letter or emoji, or the ASCII bases of keycap and text/emoji sequences (`0-9 # *`).
+fn legit_variation_selector(prev: Option<char>) -> bool {
+    match prev {
+        Some(c) if c.is_ascii() => c.is_ascii_digit() || c == '#' || c == '*',
+        Some(c) => !c.is_whitespace() && !matches!(u32::from(c), 0xFE00..=0xFE0F | 0xE0100..=0xE01EF),
+        None => false,
+    }
+}
+
+fn is_han(c: char) -> bool {
+    matches!(u32::from(c), 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x3134F)
+}
+
+/// Whether some word mixes scripts and contains a character confusable with another script,
+/// such as Latin `age` spelled with a Cyrillic `е` (UTS #39 §5.1, §4).
+fn has_mixed_script_confusable(text: &str) -> bool {
+    words(text).any(|word| !word.is_ascii() && is_confusable_word(word))
+}
+
+fn is_confusable_word(word: &str) -> bool {
+    word.chars().any(|c| c.is_ascii_alphabetic())
+        && word.chars().any(|c| !c.is_ascii() && is_potential_mixed_script_confusable_char(c))
+        && !word.is_single_script()
+}
+
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty())
+}
+
+/// Folds the confusable characters of mixed-script words to their prototype when it is ASCII.
+fn fold_confusables(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if !word.is_ascii() && is_confusable_word(word) {
+            for c in word.chars() {
+                let mut buf = [0u8; 4];
+                let proto: String = unicode_security::skeleton(c.encode_utf8(&mut buf)).collect();
+                if !c.is_ascii() && proto.is_ascii() && !proto.is_empty() {
+                    out.push_str(&proto);
+                } else {
+                    out.push(c);
+                }
+            }
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
