@@ -19,15 +19,20 @@
 //! - [`policy`]: deny-by-default decisions; [`policy::Grant`] proves a call was allowed.
 //! - [`upstream`]: rmcp streamable-HTTP client connections to allow-listed upstreams and the
 //!   relay of their notifications and requests back to the right client session.
+//! - [`audit`]: the tamper-evident audit trail (hash-chained, append-only, group-committed
+//!   to SQLite or PostgreSQL, signed checkpoints) and its `verify`/`export` commands.
+//! - [`redact`]: the one scrubber for secrets and personal data (audit arguments, logs, errors).
 //! - [`demo`]: the built-in demo upstream used by `portcullis demo`.
 //! - [`cli`]: command-line parsing and the `serve`, `token` and `demo` commands.
 
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod policy;
+pub mod redact;
 pub mod router;
 pub mod session;
 pub mod transport;
