@@ -85,6 +85,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The allow-listed upstream MCP servers, in configuration order.
     pub upstreams: Vec<UpstreamSettings>,
+    /// Audit trail settings (`[audit]`).
+    pub audit: crate::audit::AuditSettings,
 }
 
 /// Token issuance and validation settings.
@@ -247,17 +249,23 @@ impl Settings {
             upstreams.push(settings);
         }
 
+        let data_dir = config.data_dir.unwrap_or_else(|| PathBuf::from(raw::DEFAULT_DATA_DIR));
+        let audit = crate::audit::AuditSettings::from_config(&config.audit, &data_dir).map_err(|e| match e {
+            crate::audit::Error::Config { key, reason } => Error::Invalid { key, reason },
+            other => Error::Invalid { key: "audit".into(), reason: other.to_string() },
+        })?;
         Ok(Self {
             listen,
             public_url,
             resource,
-            data_dir: config.data_dir.unwrap_or_else(|| PathBuf::from(raw::DEFAULT_DATA_DIR)),
+            data_dir,
             allowed_hosts,
             allowed_origins,
             max_body_bytes: config.max_body_bytes,
             session_idle_timeout: config.session_idle_timeout,
             auth,
             upstreams,
+            audit,
         })
     }
 

@@ -38,6 +38,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Allow-listed upstream MCP servers (`[[upstream]]` tables).
     pub upstream: Vec<UpstreamConfig>,
+    /// Audit trail (`[audit]`).
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[auth]`: the embedded authorization server and token validation.
@@ -117,6 +119,7 @@ impl Default for Config {
             session_idle_timeout: Duration::from_secs(30 * 60),
             auth: AuthConfig::default(),
             upstream: Vec::new(),
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }
