@@ -362,3 +362,48 @@ async fn postgres_least_privilege_role() {
     assert!(denied.to_string().contains("permission denied"), "{denied}");
     assert!(matches!(verify(&db, &keys).await, VerifyOutcome::Intact(r) if r.rows == 6));
 }
+
+/// `portcullis audit verify` and `export` on the default SQLite store of a data dir, and
+/// `portcullis redact --jsonl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_verify_export_and_redact() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = AuditSettings::from_config(&AuditConfig::default(), data_dir.path()).unwrap();
+    let log = AuditLog::open(&settings, issuer(&data_dir)).await.unwrap();
+    write(&log, 5).await;
+    log.close(Duration::from_secs(5)).await;
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let dir = data_dir.path().to_str().unwrap();
+
+    let ok = run(&["audit", "verify", "--data-dir", dir]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success() && stdout.contains("10 rows"), "{stdout} {}", String::from_utf8_lossy(&ok.stderr));
+
+    let export = run(&["audit", "export", "--data-dir", dir, "--since", "1h", "--format", "jsonl"]);
+    assert!(export.status.success());
+    assert_eq!(String::from_utf8_lossy(&export.stdout).lines().count(), 10);
+
+    let db = Db { url: settings_url(&settings), postgres: false, _dir: tempfile::tempdir().unwrap() };
+    raw(&db, &["DROP TRIGGER audit_log_no_update", "UPDATE audit_log SET method = 'x' WHERE seq = 4"]).await.unwrap();
+    let bad = run(&["audit", "verify", "--data-dir", dir]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("row 4: edited"), "{stderr}");
+
+    let mut child = std::process::Command::new(bin)
+        .args(["redact", "--jsonl"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"{\"text\":\"mail bob@example.com\"}\n").unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line, json!({"text": "mail [REDACTED:email]", "findings": [{"kind": "email", "start": 5, "end": 20}]}));
+}
+
+fn settings_url(settings: &AuditSettings) -> String {
+    use secrecy::ExposeSecret as _;
+    settings.url.expose_secret().to_owned()
+}

@@ -350,6 +350,18 @@ impl AuditLog {
     }
 }
 
+/// Connects to the store of `settings` and applies the embedded migrations (for
+/// `portcullis audit migrate`, run with the database owner's URL).
+///
+/// # Errors
+/// [`Error::Store`] or [`Error::Migrate`].
+pub async fn migrate(settings: &AuditSettings) -> Result<(), Error> {
+    let store = Store::connect(settings).await?;
+    let result = store.migrate().await;
+    store.close().await;
+    result
+}
+
 // === impl IntentHandle ===
 
 impl IntentHandle {
