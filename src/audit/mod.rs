@@ -255,6 +255,7 @@ impl AuditLog {
             batch_linger: settings.batch_linger,
             checkpoint_interval: settings.checkpoint_interval,
             fail_open: settings.failure_mode == FailureMode::FailOpen,
+            replica: settings.replica_id.clone(),
             pending: pending.clone(),
         };
         let handle = tokio::spawn(writer.run());
@@ -422,6 +423,15 @@ impl Drop for IntentHandle {
         if self.inner.tx.send(Command::Append { row: Box::new(row), reply: None, retry: true }).is_err() {
             tracing::error!(request_id = %self.template.request_id, "audit writer stopped: abandoned outcome not recorded");
         }
+    }
+}
+
+// === impl Health ===
+
+impl Health {
+    /// Whether the gateway may report itself ready: [`Health::Ready`] or [`Health::Degraded`].
+    pub fn is_ready(&self) -> bool {
+        !matches!(self, Self::Unready { .. })
     }
 }
 

@@ -194,7 +194,7 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::Store`] when the transaction fails; nothing is then written.
-    pub(crate) async fn append(&self, rows: &mut [Row], checkpoint: Option<Sign<'_>>) -> Result<Appended, Error> {
+    pub(crate) async fn append(&self, rows: &mut [Row], replica: &str, checkpoint: Option<Sign<'_>>) -> Result<Appended, Error> {
         with_pool!(self, pool => {
             let mut tx = match self {
                 Self::Sqlite(_) => pool.begin_with("BEGIN IMMEDIATE").await?,
@@ -243,7 +243,7 @@ impl Store {
                     .bind(ts_us)
                     .bind(seq)
                     .bind(hash.clone())
-                    .bind(rows.first().map_or_else(String::new, |r| r.replica.clone()))
+                    .bind(replica.to_owned())
                     .bind(token.clone())
                     .fetch_one(&mut *tx)
                     .await?;

@@ -45,6 +45,7 @@ pub(crate) struct Writer {
     pub(crate) batch_linger: Duration,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) fail_open: bool,
+    pub(crate) replica: String,
     pub(crate) pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -128,7 +129,7 @@ impl Writer {
         let sign = move |count: i64, head: &str, ts_us: i64| -> Result<String, Error> {
             super::sign_checkpoint(&signer, count, head, ts_us)
         };
-        let result = self.store.append(&mut rows, checkpoint_due.then_some(&sign as _)).await;
+        let result = self.store.append(&mut rows, &self.replica, checkpoint_due.then_some(&sign as _)).await;
         let intents = batch.iter().filter(|i| !i.retry).count();
         match result {
             Ok(appended) => {
