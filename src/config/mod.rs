@@ -48,6 +48,12 @@ impl From<figment::Error> for Error {
     }
 }
 
+/// `PORTCULLIS_*` variables that are not configuration keys: the log filter
+/// (`PORTCULLIS_LOG`) and the test harness's (`PORTCULLIS_TEST_*`, `PORTCULLIS_SKIP_*`).
+fn is_non_config_env(key: &str) -> bool {
+    key == "LOG" || key.starts_with("TEST_") || key.starts_with("SKIP_")
+}
+
 /// Command-line values that override the file and the environment (`portcullis serve` flags).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -163,6 +169,7 @@ impl Config {
         let mut env_keys: Vec<_> = env
             .iter()
             .filter_map(|(key, value)| Some((key.strip_prefix(ENV_PREFIX)?, value)))
+            .filter(|(key, _)| !is_non_config_env(key))
             .collect();
         env_keys.sort();
         for (key, value) in env_keys {

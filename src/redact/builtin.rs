@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use regex::Regex;
+use regex::{Regex, RegexSet};
 
 use super::{Error, Finding, gitleaks::shannon_entropy};
 
@@ -32,6 +32,8 @@ struct Rule {
 /// The compiled built-in rules.
 pub(super) struct Builtin {
     rules: Vec<Rule>,
+    /// All patterns in one automaton: one pass over clean text tells that no rule can match.
+    prefilter: RegexSet,
 }
 
 /// (kind, pattern, group, check). Patterns use ASCII classes only.
@@ -151,12 +153,15 @@ impl Builtin {
                 Ok(Rule { kind: Arc::from(*kind), regex, group: *group, check: *check })
             })
             .collect::<Result<_, Error>>()?;
-        Ok(Self { rules })
+        let prefilter = RegexSet::new(RULES.iter().map(|(_, pattern, _, _)| *pattern))
+            .map_err(|e| Error::Rules(format!("built-in rule set: {e}")))?;
+        Ok(Self { rules, prefilter })
     }
 
     /// Appends a finding for every value the rules detect in `text`.
     pub(super) fn scan(&self, text: &str, findings: &mut Vec<Finding>) {
-        for rule in &self.rules {
+        for index in self.prefilter.matches(text).iter() {
+            let rule = &self.rules[index];
             for captures in rule.regex.captures_iter(text) {
                 // Group 0 means "the first alternative group that matched".
                 let value = if rule.group == 0 {
