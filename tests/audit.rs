@@ -53,6 +53,14 @@ async fn postgres() -> Option<Db> {
     Some(Db { url: format!("{prefix}/{name}"), postgres: true, _dir: tempfile::tempdir().unwrap() })
 }
 
+/// Drops a test database (tests that fail leave theirs behind for inspection).
+async fn drop_postgres(url: &str) {
+    let (_, name) = url.rsplit_once('/').unwrap();
+    let base = postgres_base().unwrap();
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
+}
+
 fn issuer(dir: &TempDir) -> Arc<EmbeddedIssuer> {
     let key = SigningKey::load_or_generate(dir.path()).unwrap();
     Arc::new(EmbeddedIssuer::new(key, "http://gw".into(), "http://gw/mcp".into(), Duration::from_secs(3600)))
@@ -316,8 +324,10 @@ macro_rules! both {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let Some(db) = postgres().await else { return };
+                let url = db.url.clone();
                 let f: fn(Db) -> _ = $body;
                 f(db).await;
+                drop_postgres(&url).await;
             })*
         }
     };
@@ -361,6 +371,9 @@ async fn postgres_least_privilege_role() {
     let denied = raw(&limited, &["UPDATE audit_log SET target = 'x' WHERE seq = 1"]).await.unwrap_err();
     assert!(denied.to_string().contains("permission denied"), "{denied}");
     assert!(matches!(verify(&db, &keys).await, VerifyOutcome::Intact(r) if r.rows == 6));
+    drop_postgres(&db.url).await;
+    let mut admin = sqlx::PgConnection::connect(&postgres_base().unwrap()).await.unwrap();
+    admin.execute(format!("DROP ROLE {role}").as_str()).await.unwrap();
 }
 
 /// `portcullis audit verify` and `export` on the default SQLite store of a data dir, and

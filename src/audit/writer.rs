@@ -83,9 +83,13 @@ impl Writer {
                 tokio::time::sleep(self.batch_linger).await;
                 self.drain(&mut batch, &mut flushes);
             }
-            // Retried outcomes are older than anything just received: they go first.
-            while let Some(item) = retry.pop_back() {
-                batch.insert(0, item);
+            // Retried outcomes are older than anything just received: they go first (at most a
+            // batch of them per transaction).
+            if !retry.is_empty() {
+                let take = retry.len().min(self.batch_max_rows);
+                let mut merged: Vec<Item> = retry.drain(..take).collect();
+                merged.append(&mut batch);
+                batch = merged;
             }
             let checkpoint_due = last_checkpoint.elapsed() >= self.checkpoint_interval || !flushes.is_empty() || closed;
             if batch.is_empty() && !checkpoint_due {

@@ -134,3 +134,32 @@ fn literal_braces_are_escaped_like_re2() {
     assert_eq!(gitleaks::ascii_classes(r"^\$(?:\d+|{\d+})$"), r"^\$(?:[0-9]+|\{[0-9]+})$");
     assert_eq!(gitleaks::ascii_classes(r"a{2,5}b{3}c{1,}"), r"a{2,5}b{3}c{1,}");
 }
+
+#[test]
+fn make_writer_scrubs_tracing_events() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer(Arc::new(Mutex::new(Vec::new())));
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(ScrubbingMakeWriter::new(move || sink.clone()))
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(header = "Bearer abcdefghijklmnop", user = "dave@example.com", "upstream call failed");
+    });
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains("abcdefghijklmnop") && !text.contains("dave@example.com"), "{text}");
+    assert!(text.contains("[REDACTED:email]"), "{text}");
+    serde_json::from_str::<serde_json::Value>(text.trim()).unwrap();
+}
