@@ -64,3 +64,22 @@ fn since_accepts_rfc3339_and_durations() {
     assert!((now_us() - hour_ago - 3_600_000_000).abs() < 5_000_000);
     assert!(parse_since("yesterday").is_err());
 }
+
+#[test]
+fn handles_and_futures_can_cross_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    fn send_future<F: std::future::Future + Send>(_: &F) {}
+    send_sync::<AuditLog>();
+    send::<IntentHandle>();
+    let _check = |log: &'static AuditLog, handle: IntentHandle| {
+        send_future(&log.intent(IntentRecord::default()));
+        send_future(&handle.outcome(OutcomeRecord {
+            status: OutcomeStatus::Ok,
+            error_code: None,
+            error_message: None,
+            findings: None,
+            latency: None,
+        }));
+    };
+}
