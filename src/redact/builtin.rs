@@ -44,19 +44,19 @@ const RULES: &[RuleSpec] = &[
     // RFC 9110 §11.6.2/§11.7.2 credentials; the scheme word stays, the credentials go.
     (
         "authorization_header",
-        r#"(?i)\b(?:proxy-)?authorization["']?[ \t]*[:=][ \t]*["']?(?:(?:bearer|basic|digest|negotiate|token|apikey|dpop|mac|aws4-hmac-sha256|ntlm)[ \t]+)?([^\r\n"'\\]+)"#,
+        r#"(?i)(?-u:\b)(?:proxy-)?authorization["']?[ \t]*[:=][ \t]*["']?(?:(?:bearer|basic|digest|negotiate|token|apikey|dpop|mac|aws4-hmac-sha256|ntlm)[ \t]+)?([^\r\n"'\\]+)"#,
         1,
         not_placeholder,
     ),
     // RFC 6265 Cookie / Set-Cookie values.
-    ("cookie", r#"(?i)\b(?:set-)?cookie["']?[ \t]*[:=][ \t]*["']?([^\r\n"'\\]+)"#, 1, not_placeholder),
+    ("cookie", r#"(?i)(?-u:\b)(?:set-)?cookie["']?[ \t]*[:=][ \t]*["']?([^\r\n"'\\]+)"#, 1, not_placeholder),
     // RFC 6750 §2.1 b64token.
-    ("bearer_token", r"(?i)\bbearer[ \t]+([A-Za-z0-9._~+/-]{8,}=*)", 1, not_placeholder),
+    ("bearer_token", r"(?i)(?-u:\b)bearer[ \t]+([A-Za-z0-9._~+/-]{8,}=*)", 1, not_placeholder),
     // RFC 7617 basic credentials.
-    ("basic_auth", r"(?i)\bbasic[ \t]+([A-Za-z0-9+/]{8,}={0,2})", 1, not_placeholder),
+    ("basic_auth", r"(?i)(?-u:\b)basic[ \t]+([A-Za-z0-9+/]{8,}={0,2})", 1, not_placeholder),
     // RFC 7519 JWS compact serialization (also unsigned tokens ending in `.`).
     // A JWT must decode to a JSON header (RFC 7519 §7.2 steps 3-4); random `eyJ…` is not one.
-    ("jwt", r"\b(eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)", 1, jwt_header_decodes),
+    ("jwt", r"(?-u:\b)(eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)", 1, jwt_header_decodes),
     // A private key header means key material follows, up to the END line or the end of the
     // text (a truncated key is still a key).
     (
@@ -73,12 +73,12 @@ const RULES: &[RuleSpec] = &[
         not_placeholder,
     ),
     // RFC 3986 §3.2.1 userinfo `user:password@`.
-    ("password_in_url", r#"(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@"'<>;]+:([^/\s@"'<>;]+)@"#, 1, not_placeholder),
+    ("password_in_url", r#"(?i)(?-u:\b)[a-z][a-z0-9+.-]*://[^/\s:@"'<>;]+:([^/\s@"'<>;]+)@"#, 1, not_placeholder),
     // Keyword assignments in code, config and logs: `password = "…"`, `api_key: …`,
     // `db_pass := …`, `"secret": "…"`. An unquoted value runs to the end of the line.
     (
         "secret_assignment",
-        r#"(?i)[a-z0-9_.\[\]-]*(?:passw(?:or)?d|(?:\b|_)pass(?:\b|_)|pwd|secrete?|api[_-]?key|private[_-]?key|access[_-]?key|secret[_-]?key|auth[_-]?token|access[_-]?token|access[_-]?(?:key[_-]?)?id|credentials?)[a-z0-9_\[\]-]*["'\]]{0,2}[ \t]*(?:=|:=|::|=>|==|===|!=|!==|:)[ \t]*(?:"([^"\r\n]{4,})"|'([^'\r\n]{4,})'|`([^`\r\n]{4,})`|([^\s"'`][^\r\n"'`]{3,}))"#,
+        r#"(?i)[a-z0-9_.\[\]-]*(?:passw(?:or)?d|(?:(?-u:\b)|_)pass(?:(?-u:\b)|_)|pwd|secrete?|api[_-]?key|private[_-]?key|access[_-]?key|secret[_-]?key|auth[_-]?token|access[_-]?token|access[_-]?(?:key[_-]?)?id|credentials?)[a-z0-9_\[\]-]*["'\]]{0,2}[ \t]*(?:=|:=|::|=>|==|===|!=|!==|:)[ \t]*(?:"([^"\r\n]{4,})"|'([^'\r\n]{4,})'|`([^`\r\n]{4,})`|([^\s"'`][^\r\n"'`]{3,}))"#,
         0,
         non_empty,
     ),

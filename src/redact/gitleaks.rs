@@ -79,7 +79,8 @@ enum Target {
 struct Allowlist {
     target: Target,
     regexes: Vec<Regex>,
-    stopwords: Vec<String>,
+    /// Stopwords, matched case-insensitively anywhere in the secret.
+    stopwords: Option<AhoCorasick>,
 }
 
 struct Rule {
@@ -220,11 +221,7 @@ impl Allowlist {
         if self.regexes.iter().any(|r| r.is_match(target)) {
             return true;
         }
-        if self.stopwords.is_empty() {
-            return false;
-        }
-        let lower = secret.to_ascii_lowercase();
-        self.stopwords.iter().any(|w| lower.contains(w.as_str()))
+        self.stopwords.as_ref().is_some_and(|words| words.is_match(secret))
     }
 }
 
@@ -248,7 +245,15 @@ fn compile_allowlist(list: &AllowlistToml, owner: &str) -> Result<Option<Allowli
         .iter()
         .map(|p| compile(p).map_err(|e| Error::Rules(format!("{owner} allowlist: {e}"))))
         .collect::<Result<_, _>>()?;
-    let stopwords = list.stopwords.iter().map(|w| w.to_ascii_lowercase()).collect();
+    let stopwords = if list.stopwords.is_empty() {
+        None
+    } else {
+        let words = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .build(&list.stopwords)
+            .map_err(|e| Error::Rules(format!("{owner} stopwords: {e}")))?;
+        Some(words)
+    };
     Ok(Some(Allowlist { target, regexes, stopwords }))
 }
 
@@ -280,6 +285,9 @@ pub(super) fn ascii_classes(pattern: &str) -> String {
                     ('W', false) => Some("[^0-9A-Za-z_]"),
                     ('D', false) => Some("[^0-9]"),
                     ('S', false) => Some("[^\\t\\n\\x0C\\r ]"),
+                    // RE2's word boundary is ASCII too (and lets the lazy DFA run).
+                    ('b', false) => Some("(?-u:\\b)"),
+                    ('B', false) => Some("(?-u:\\B)"),
                     _ => None,
                 };
                 match replacement {

@@ -51,13 +51,13 @@ impl Pii {
         let re = |p: &str| Regex::new(p).map_err(|e| Error::Rules(format!("pii pattern {p}: {e}")));
         Ok(Self {
             // RFC 5322 dot-atom local part (common subset) and a DNS name with a letter TLD.
-            email: re(r"(?i)\b[a-z0-9][a-z0-9._%+-]{0,63}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}\b")?,
+            email: re(r"(?i)(?-u:\b)[a-z0-9][a-z0-9._%+-]{0,63}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}(?-u:\b)")?,
             // Runs of digit groups separated by single spaces or dashes.
             digits: re(r"[0-9]+(?:[ -][0-9]+)*")?,
-            iban: re(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")?,
+            iban: re(r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?-u:\b)")?,
             phone: re(r"\+?\(?[0-9][0-9 ().-]{4,24}[0-9](?:[ \t]*(?:x|ext\.?)[ \t]*[0-9]{1,5})?")?,
-            phone_context: re(r"(?i)(?:phone|tel|telephone|mobile|cell|fax|call(?:ed)?|contact|whatsapp|sms|reach (?:me|us)|number|ph)\b[^0-9+\n]{0,24}$")?,
-            ipv4: re(r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b")?,
+            phone_context: re(r"(?i)(?:phone|tel|telephone|mobile|cell|fax|call(?:ed)?|contact|whatsapp|sms|reach (?:me|us)|number|ph)(?-u:\b)[^0-9+\n]{0,24}$")?,
+            ipv4: re(r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)")?,
             kinds: Kinds {
                 email: Arc::from("email"),
                 card: Arc::from("payment_card"),
