@@ -24,9 +24,13 @@
 //!   context propagation, and the health registry behind `/healthz` and `/readyz`.
 //! - [`guard`]: scans tool results, resources, prompts and definitions for prompt-injection
 //!   markers (strip, annotate or block) and pins tool definitions against rug pulls.
+//! - [`audit`]: the tamper-evident audit trail (hash-chained, append-only, group-committed
+//!   to SQLite or PostgreSQL, signed checkpoints) and its `verify`/`export` commands.
+//! - [`redact`]: the one scrubber for secrets and personal data (audit arguments, logs, errors).
 //! - [`demo`]: the built-in demo upstream used by `portcullis demo`.
 //! - [`cli`]: command-line parsing and the `serve`, `token`, `demo` and `policy explain` commands.
 
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
@@ -34,6 +38,7 @@ pub mod config;
 pub mod demo;
 pub mod guard;
 pub mod policy;
+pub mod redact;
 pub mod router;
 pub mod session;
 pub mod telemetry;

@@ -1,5 +1,5 @@
-//! Command line: `portcullis serve`, `portcullis token`, `portcullis demo`, `portcullis policy`,
-//! `portcullis guard check`, `portcullis tools list|approve`, `portcullis scan`.
+//! Command line: `portcullis serve`, `token`, `demo`, `policy explain`, `guard check`,
+//! `tools list|approve`, `scan`, `audit verify|export|migrate` and `redact`.
 //!
 //! `main` stays tiny: [`main`] parses arguments, runs one command and maps its error chain
 //! to a message on stderr and a non-zero exit code.
@@ -62,6 +62,11 @@ pub enum Command {
         #[arg(long = "header", value_name = "NAME: VALUE")]
         headers: Vec<String>,
     },
+    /// Verify, export or migrate the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Scrub secrets and personal data from stdin (one line at a time).
+    Redact(RedactArgs),
 }
 
 /// `portcullis guard …`.
@@ -98,6 +103,64 @@ pub enum ToolsCommand {
         #[arg(value_name = "UPSTREAM/TOOL")]
         tool: String,
     },
+}
+
+/// `portcullis audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain and signed checkpoints; exit 0 and print the row count when intact,
+    /// else exit 1 naming the first bad row.
+    Verify(AuditVerifyArgs),
+    /// Stream rows recorded since a time, for a SIEM.
+    Export(AuditExportArgs),
+    /// Apply the audit schema migrations (run once with the database owner's URL).
+    Migrate(AuditMigrateArgs),
+}
+
+/// `portcullis audit verify`.
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// A checkpoint token kept outside the database (from the gateway log); repeatable.
+    #[arg(long = "checkpoint", value_name = "JWT")]
+    checkpoints: Vec<String>,
+}
+
+/// `portcullis audit export`.
+#[derive(Debug, Args)]
+pub struct AuditExportArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Rows recorded at or after this time: RFC 3339 (`2026-01-31T10:00:00Z`) or a duration ago (`1h`).
+    #[arg(long, value_name = "TIME", value_parser = crate::audit::parse_since)]
+    since: i64,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: ExportFormat,
+}
+
+/// `portcullis audit migrate`.
+#[derive(Debug, Args)]
+pub struct AuditMigrateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// `portcullis redact`.
+#[derive(Debug, Args)]
+pub struct RedactArgs {
+    /// Read JSON lines with a `text` field; write `{"text", "findings": [{kind, start, end}]}`
+    /// per line (byte offsets into the input text).
+    #[arg(long)]
+    jsonl: bool,
 }
 
 /// Where the configuration comes from.
@@ -205,6 +268,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _telemetry = start_telemetry(&env, None)?;
             scan(&url, &headers).await.map(|()| ExitCode::SUCCESS)
         }
+        Command::Audit(command) => audit(command, &env).await.map(|()| ExitCode::SUCCESS),
+        Command::Redact(args) => redact(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -217,6 +282,67 @@ fn start_telemetry(
 ) -> anyhow::Result<crate::telemetry::TelemetryGuard> {
     let endpoint = settings.and_then(|s| s.otlp_endpoint.clone());
     crate::telemetry::init(env, endpoint).context("starting telemetry (logs and traces)")
+}
+
+async fn audit(command: AuditCommand, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify(args) => {
+            let settings = load_settings(&args.config, Overrides::default(), env)?;
+            let key_file = settings.data_dir.join("issuer").join("signing-key.pem");
+            if matches!(settings.auth.signing_key, crate::config::SigningKeySource::DataDir) && !key_file.exists() {
+                bail!("no gateway key at {} to check checkpoint signatures (pass the gateway's --data-dir or --config)", key_file.display());
+            }
+            let issuer = crate::embedded_issuer(&settings)?;
+            match crate::audit::verify(&settings.audit, issuer.key().decoding_key(), &args.checkpoints).await? {
+                crate::audit::VerifyOutcome::Intact(report) => {
+                    println!(
+                        "audit trail intact: {} rows, {} checkpoints verified (latest covers {} rows)",
+                        report.rows, report.checkpoints, report.checkpointed_rows
+                    );
+                    Ok(())
+                }
+                crate::audit::VerifyOutcome::Broken(broken) => bail!("audit trail broken: {broken}"),
+            }
+        }
+        AuditCommand::Export(args) => {
+            let settings = load_settings(&args.config, Overrides::default(), env)?;
+            let ExportFormat::Jsonl = args.format;
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            let rows = crate::audit::export(&settings.audit, args.since, &mut out).await?;
+            tracing::info!(rows, "audit export done");
+            Ok(())
+        }
+        AuditCommand::Migrate(args) => {
+            let settings = load_settings(&args.config, Overrides::default(), env)?;
+            crate::audit::migrate(&settings.audit).await?;
+            println!("audit schema up to date at {}", settings.audit.display_url());
+            Ok(())
+        }
+    }
+}
+
+fn redact(args: &RedactArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let scrubber = crate::redact::Scrubber::global();
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (index, line) in stdin.lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if args.jsonl {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("line {}: not JSON", index + 1))?;
+            let text = value.get("text").and_then(|t| t.as_str()).with_context(|| format!("line {}: no string field \"text\"", index + 1))?;
+            serde_json::to_writer(&mut out, &scrubber.scrub(text))?;
+            out.write_all(b"\n")?;
+        } else {
+            writeln!(out, "{}", scrubber.scrub(&line).text)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn load_settings(config: &ConfigArgs, overrides: Overrides, env: &HashMap<String, String>) -> anyhow::Result<Settings> {

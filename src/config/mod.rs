@@ -58,6 +58,12 @@ impl From<crate::policy::Error> for Error {
     }
 }
 
+/// `PORTCULLIS_*` variables that are not configuration keys: the log filter
+/// (`PORTCULLIS_LOG`) and the test harness's (`PORTCULLIS_TEST_*`, `PORTCULLIS_SKIP_*`).
+fn is_non_config_env(key: &str) -> bool {
+    key == "LOG" || key.starts_with("TEST_") || key.starts_with("SKIP_")
+}
+
 /// Command-line values that override the file and the environment (`portcullis serve` flags).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -100,6 +106,8 @@ pub struct Settings {
     pub policy: Vec<crate::policy::Rule>,
     /// Trace export and the metrics listener.
     pub telemetry: TelemetrySettings,
+    /// Audit trail settings (`[audit]`).
+    pub audit: crate::audit::AuditSettings,
 }
 
 /// `[telemetry]`, validated.
@@ -270,6 +278,7 @@ impl Config {
         let mut env_keys: Vec<_> = env
             .iter()
             .filter_map(|(key, value)| Some((key.strip_prefix(ENV_PREFIX)?, value)))
+            .filter(|(key, _)| !is_non_config_env(key))
             .collect();
         env_keys.sort();
         for (key, value) in env_keys {
@@ -404,11 +413,16 @@ impl Settings {
         let policy = crate::policy::compile_rules(&config.policy, &names)?;
         auth.scopes_supported = crate::policy::Policy::from_rules(policy.clone()).scopes_supported();
 
+        let data_dir = config.data_dir.unwrap_or_else(|| PathBuf::from(raw::DEFAULT_DATA_DIR));
+        let audit = crate::audit::AuditSettings::from_config(&config.audit, &data_dir).map_err(|e| match e {
+            crate::audit::Error::Config { key, reason } => Error::Invalid { key, reason },
+            other => Error::Invalid { key: "audit".into(), reason: other.to_string() },
+        })?;
         Ok(Self {
             listen,
             public_url,
             resource,
-            data_dir: config.data_dir.unwrap_or_else(|| PathBuf::from(raw::DEFAULT_DATA_DIR)),
+            data_dir,
             allowed_hosts,
             allowed_origins,
             max_body_bytes: config.max_body_bytes,
@@ -417,6 +431,7 @@ impl Settings {
             upstreams,
             policy,
             telemetry,
+            audit,
         })
     }
 

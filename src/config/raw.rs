@@ -42,6 +42,8 @@ pub struct Config {
     pub policy: Vec<crate::policy::PolicyRuleConfig>,
     /// Traces, metrics and health endpoints.
     pub telemetry: TelemetryConfig,
+    /// Audit trail (`[audit]`).
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[telemetry]`: trace export and the metrics listener. The standard `OTEL_*` environment
@@ -263,6 +265,7 @@ impl Default for Config {
             upstream: Vec::new(),
             policy: Vec::new(),
             telemetry: TelemetryConfig::default(),
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }

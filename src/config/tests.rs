@@ -148,3 +148,19 @@ fn telemetry_section_rejects_bad_values_naming_the_key() {
     let error = Config::load(Some(write("[telemetry]\nmetrics_port = 9\n").path()), &HashMap::new(), &Overrides::default()).unwrap_err();
     assert!(error.to_string().contains("metrics_port"), "{error}");
 }
+
+#[test]
+fn log_filter_and_test_harness_variables_are_not_config_keys() {
+    let env = [("PORTCULLIS_LOG", "debug"), ("PORTCULLIS_TEST_POSTGRES_URL", "postgres://x"), ("PORTCULLIS_SKIP_POSTGRES", "1")];
+    settings(None, &env, Overrides::default()).unwrap();
+    assert!(settings(None, &[("PORTCULLIS_LISTN", "x")], Overrides::default()).is_err());
+}
+
+#[test]
+fn audit_table_is_read_and_validated() {
+    let s = settings(Some("[audit]\nfailure_mode = \"fail_open\"\nmax_argument_bytes = 100\n"), &[], Overrides::default()).unwrap();
+    assert_eq!(s.audit.failure_mode, crate::audit::FailureMode::FailOpen);
+    assert_eq!(s.audit.max_argument_bytes, 100);
+    assert!(settings(Some("[audit]\nurl = \"mysql://x\"\n"), &[], Overrides::default()).is_err());
+    assert!(settings(Some("[audit]\nbogus = 1\n"), &[], Overrides::default()).is_err());
+}

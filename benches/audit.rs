@@ -1,0 +1,96 @@
+//! Audit throughput: `cargo bench --bench audit` prints rows/s committed (intent + outcome per
+//! request, each awaited until durable) with 1, 16 and 64 concurrent writers, on SQLite (a file
+//! in a temporary directory, WAL, `synchronous=FULL`) and on PostgreSQL when
+//! `PORTCULLIS_TEST_POSTGRES_URL` is set (scripts/start-services.sh starts one with
+//! `fsync=off`, so those numbers measure the gateway side, not disk flushes).
+//! Under `cargo test` (no `--bench` argument) it runs one short SQLite pass as a smoke test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use portcullis::{
+    audit::{AuditConfig, AuditLog, AuditSettings, FailureMode, IntentRecord, OutcomeRecord, OutcomeStatus, PolicyDecision},
+    auth::issuer::{EmbeddedIssuer, SigningKey},
+};
+use sqlx::{Connection as _, Executor as _};
+
+async fn run(url: &str, writers: usize, duration: Duration, issuer: Arc<EmbeddedIssuer>) -> (f64, usize) {
+    let config = AuditConfig { url: Some(url.to_owned()), failure_mode: FailureMode::FailClosed, ..AuditConfig::default() };
+    let settings = AuditSettings::from_config(&config, std::path::Path::new("unused")).unwrap();
+    let log = Arc::new(AuditLog::open(&settings, issuer).await.unwrap());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rows = 0usize;
+            let mut i = 0usize;
+            while start.elapsed() < duration {
+                let handle = log
+                    .intent(IntentRecord {
+                        request_id: format!("{w}-{i}"),
+                        method: "tools/call".into(),
+                        subject: Some("bench".into()),
+                        upstream: Some("demo".into()),
+                        target: Some("demo__get_forecast".into()),
+                        arguments: Some(serde_json::json!({"city": "Paris", "days": i % 7})),
+                        decision: Some(PolicyDecision::Allow),
+                        ..IntentRecord::default()
+                    })
+                    .await
+                    .unwrap();
+                handle
+                    .outcome(OutcomeRecord { status: OutcomeStatus::Ok, error_code: None, error_message: None, findings: None, latency: None })
+                    .await
+                    .unwrap();
+                rows += 2;
+                i += 1;
+            }
+            rows
+        }));
+    }
+    let mut rows = 0;
+    for task in tasks {
+        rows += task.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Arc::into_inner(log).unwrap().close(Duration::from_secs(10)).await;
+    (rows as f64 / elapsed, rows)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let duration = if bench { Duration::from_secs(3) } else { Duration::from_millis(200) };
+    let keys = tempfile::tempdir().unwrap();
+    let key = SigningKey::load_or_generate(keys.path()).unwrap();
+    let issuer = Arc::new(EmbeddedIssuer::new(key, "http://gw".into(), "http://gw/mcp".into(), Duration::from_secs(3600)));
+    let writer_counts: &[usize] = if bench { &[1, 16, 64] } else { &[4] };
+    println!("backend     writers  rows/s committed  (rows in {:.1} s)", duration.as_secs_f64());
+    for &writers in writer_counts {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let (rate, rows) = run(&url, writers, duration, issuer.clone()).await;
+        println!("sqlite      {writers:>7}  {rate:>16.0}  ({rows})");
+    }
+    if !bench {
+        return;
+    }
+    let Ok(base) = std::env::var("PORTCULLIS_TEST_POSTGRES_URL") else {
+        println!("postgres    skipped: PORTCULLIS_TEST_POSTGRES_URL not set (source <(bash scripts/start-services.sh env))");
+        return;
+    };
+    for &writers in writer_counts {
+        let name = format!("audit_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+        admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+        let (prefix, _) = base.rsplit_once('/').unwrap();
+        let (rate, rows) = run(&format!("{prefix}/{name}"), writers, duration, issuer.clone()).await;
+        println!("postgres    {writers:>7}  {rate:>16.0}  ({rows})");
+        let _ = admin.execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str()).await;
+    }
+}

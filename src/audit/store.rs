@@ -1,0 +1,335 @@
+//! The database behind the audit trail: SQLite or PostgreSQL through sqlx's runtime query API
+//! (no compile-time database), embedded migrations, and the one append transaction.
+//!
+//! Every append runs in one transaction that first serializes writers (SQLite: `BEGIN
+//! IMMEDIATE`, the database write lock; PostgreSQL: `pg_advisory_xact_lock`), then reads the
+//! chain head from the table itself, seals the new rows onto it and inserts them, with a signed
+//! checkpoint when one is due. Reading the head inside the lock is what keeps one gap-free chain
+//! when several processes or replicas write to the same database.
+
+use std::{borrow::Cow, str::FromStr as _, time::Duration};
+
+use futures::future::BoxFuture;
+use secrecy::ExposeSecret as _;
+use sqlx::{
+    PgPool, QueryBuilder, Row as _, SqlitePool,
+    error::BoxDynError,
+    migrate::{Migration, MigrationSource, MigrationType, Migrator},
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::{
+    AuditSettings, Error,
+    config::Backend,
+    row::{COLUMNS, GENESIS, Row},
+};
+
+/// Advisory lock key that serializes audit appends across PostgreSQL sessions ("PCAUDIT1").
+const PG_APPEND_LOCK: i64 = 0x5043_4155_4449_5431;
+
+/// Rows per INSERT statement (27 binds each; well under both databases' bind limits).
+const INSERT_CHUNK: usize = 256;
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "audit log", include_str!("migrations/sqlite/0001_audit_log.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "audit log", include_str!("migrations/postgres/0001_audit_log.sql"))];
+
+/// A connection pool to the audit database.
+#[derive(Debug, Clone)]
+pub(crate) enum Store {
+    /// SQLite file.
+    Sqlite(SqlitePool),
+    /// PostgreSQL server.
+    Postgres(PgPool),
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckpointRow {
+    pub(crate) id: i64,
+    pub(crate) ts_us: i64,
+    pub(crate) row_count: i64,
+    pub(crate) head_hash: String,
+    pub(crate) token: String,
+}
+
+/// What one append committed.
+#[derive(Debug, Clone)]
+pub(crate) struct Appended {
+    /// `seq` of each appended row, in input order.
+    pub(crate) seqs: Vec<i64>,
+    /// Chain head after the append.
+    pub(crate) head: (i64, String),
+    /// The checkpoint written, if any.
+    pub(crate) checkpoint: Option<CheckpointRow>,
+}
+
+/// Signs a checkpoint: `(row_count, head_hash, ts_us) -> token`.
+pub(crate) type Sign<'a> = &'a (dyn Fn(i64, &str, i64) -> Result<String, Error> + Sync);
+
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+/// Runs `$body` with `$pool` bound to whichever pool `$store` holds; the body is type-checked
+/// once per backend.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+macro_rules! decode_row {
+    ($r:expr) => {
+        Row {
+            seq: $r.try_get("seq")?,
+            ts_us: $r.try_get("ts_us")?,
+            kind: $r.try_get("kind")?,
+            request_id: $r.try_get("request_id")?,
+            replica: $r.try_get("replica")?,
+            jsonrpc_id: $r.try_get("jsonrpc_id")?,
+            trace_id: $r.try_get("trace_id")?,
+            session_hash: $r.try_get("session_hash")?,
+            issuer: $r.try_get("issuer")?,
+            subject: $r.try_get("subject")?,
+            client_id: $r.try_get("client_id")?,
+            token_id: $r.try_get("token_id")?,
+            upstream: $r.try_get("upstream")?,
+            method: $r.try_get("method")?,
+            target: $r.try_get("target")?,
+            arguments: $r.try_get("arguments")?,
+            arguments_bytes: $r.try_get("arguments_bytes")?,
+            arguments_sha256: $r.try_get("arguments_sha256")?,
+            decision: $r.try_get("decision")?,
+            rule: $r.try_get("rule")?,
+            status: $r.try_get("status")?,
+            error_code: $r.try_get("error_code")?,
+            error_message: $r.try_get("error_message")?,
+            findings: $r.try_get("findings")?,
+            latency_us: $r.try_get("latency_us")?,
+            prev_hash: $r.try_get("prev_hash")?,
+            row_hash: $r.try_get("row_hash")?,
+        }
+    };
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Connects to the database named by `settings.url` (creating a SQLite file and its
+    /// directory if needed).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the database cannot be reached.
+    pub(crate) async fn connect(settings: &AuditSettings) -> Result<Self, Error> {
+        let url = settings.url.expose_secret();
+        match settings.backend {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // FULL: a commit is on disk when it returns (the intent must be durable).
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(10));
+                if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::Store(sqlx::Error::Io(e)))?;
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(settings.max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Sqlite(pool))
+            }
+            Backend::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(settings.max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                Ok(Self::Postgres(pool))
+            }
+        }
+    }
+
+    /// Applies the embedded migrations that are not applied yet. When all are, nothing is
+    /// created or locked, so a role with only SELECT and INSERT can start the gateway.
+    ///
+    /// # Errors
+    /// [`Error::Migrate`] when a migration fails or the applied ones differ from the embedded.
+    pub(crate) async fn migrate(&self) -> Result<(), Error> {
+        let embedded = match self {
+            Self::Sqlite(_) => SQLITE_MIGRATIONS,
+            Self::Postgres(_) => POSTGRES_MIGRATIONS,
+        };
+        let applied: Vec<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default()
+        });
+        if embedded.iter().all(|(version, _, _)| applied.contains(version)) {
+            return Ok(());
+        }
+        let migrator = Migrator::new(Embedded(embedded)).await?;
+        with_pool!(self, pool => migrator.run(pool).await?);
+        Ok(())
+    }
+
+    /// Runs `SELECT 1` (readiness probe).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the database does not answer.
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Appends `rows` (their `seq` and hashes are assigned here) and, when `checkpoint` is
+    /// given and the head moved past the latest stored checkpoint, a signed checkpoint — all in
+    /// one transaction under the append lock.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the transaction fails; nothing is then written.
+    pub(crate) async fn append(&self, rows: &mut [Row], replica: &str, checkpoint: Option<Sign<'_>>) -> Result<Appended, Error> {
+        with_pool!(self, pool => {
+            let mut tx = match self {
+                Self::Sqlite(_) => pool.begin_with("BEGIN IMMEDIATE").await?,
+                Self::Postgres(_) => pool.begin().await?,
+            };
+            if matches!(self, Self::Postgres(_)) {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_APPEND_LOCK).execute(&mut *tx).await?;
+            }
+            let head: Option<(i64, String)> = sqlx::query_as("SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+            let (mut seq, mut hash) = head.unwrap_or((0, GENESIS.to_owned()));
+            let mut seqs = Vec::with_capacity(rows.len());
+            for row in rows.iter_mut() {
+                seq += 1;
+                row.seal(seq, &hash);
+                hash = row.row_hash.clone();
+                seqs.push(seq);
+            }
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                let mut insert = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
+                insert.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.seq).push_bind(r.ts_us).push_bind(r.kind.clone()).push_bind(r.request_id.clone())
+                        .push_bind(r.replica.clone()).push_bind(r.jsonrpc_id.clone()).push_bind(r.trace_id.clone())
+                        .push_bind(r.session_hash.clone()).push_bind(r.issuer.clone()).push_bind(r.subject.clone())
+                        .push_bind(r.client_id.clone()).push_bind(r.token_id.clone()).push_bind(r.upstream.clone())
+                        .push_bind(r.method.clone()).push_bind(r.target.clone()).push_bind(r.arguments.clone())
+                        .push_bind(r.arguments_bytes).push_bind(r.arguments_sha256.clone()).push_bind(r.decision.clone())
+                        .push_bind(r.rule.clone()).push_bind(r.status.clone()).push_bind(r.error_code)
+                        .push_bind(r.error_message.clone()).push_bind(r.findings.clone()).push_bind(r.latency_us)
+                        .push_bind(r.prev_hash.clone()).push_bind(r.row_hash.clone());
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
+            let mut written = None;
+            if let Some(sign) = checkpoint {
+                let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(row_count) FROM audit_checkpoint")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if seq > latest.unwrap_or(0) {
+                    let ts_us = super::now_us();
+                    let token = sign(seq, &hash, ts_us)?;
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO audit_checkpoint (ts_us, row_count, head_hash, replica, token) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    )
+                    .bind(ts_us)
+                    .bind(seq)
+                    .bind(hash.clone())
+                    .bind(replica.to_owned())
+                    .bind(token.clone())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    written = Some(CheckpointRow { id, ts_us, row_count: seq, head_hash: hash.clone(), token });
+                }
+            }
+            tx.commit().await?;
+            Ok(Appended { seqs, head: (seq, hash), checkpoint: written })
+        })
+    }
+
+    /// Up to `limit` rows with `seq > after`, in order.
+    ///
+    /// # Errors
+    /// [`Error::Store`] on a query failure.
+    pub(crate) async fn rows_after(&self, after: i64, limit: i64) -> Result<Vec<Row>, Error> {
+        let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
+        with_pool!(self, pool => {
+            let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(pool).await?;
+            rows.iter().map(|r| Ok(decode_row!(r))).collect::<Result<Vec<_>, sqlx::Error>>().map_err(Error::from)
+        })
+    }
+
+    /// Up to `limit` rows with `seq > after` and `ts_us >= since_us`, in order.
+    ///
+    /// # Errors
+    /// [`Error::Store`] on a query failure.
+    pub(crate) async fn rows_since(&self, since_us: i64, after: i64, limit: i64) -> Result<Vec<Row>, Error> {
+        let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE seq > $1 AND ts_us >= $2 ORDER BY seq LIMIT $3");
+        with_pool!(self, pool => {
+            let rows = sqlx::query(&sql).bind(after).bind(since_us).bind(limit).fetch_all(pool).await?;
+            rows.iter().map(|r| Ok(decode_row!(r))).collect::<Result<Vec<_>, sqlx::Error>>().map_err(Error::from)
+        })
+    }
+
+    /// The `seq` of a row whose `row_hash` is `hash`, if any.
+    ///
+    /// # Errors
+    /// [`Error::Store`] on a query failure.
+    pub(crate) async fn seq_of_hash(&self, hash: &str) -> Result<Option<i64>, Error> {
+        with_pool!(self, pool => Ok(sqlx::query_scalar("SELECT seq FROM audit_log WHERE row_hash = $1 LIMIT 1")
+            .bind(hash.to_owned())
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    /// Every stored checkpoint, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Store`] on a query failure.
+    pub(crate) async fn checkpoints(&self) -> Result<Vec<CheckpointRow>, Error> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query("SELECT id, ts_us, row_count, head_hash, token FROM audit_checkpoint ORDER BY id")
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| Ok(CheckpointRow {
+                    id: r.try_get("id")?,
+                    ts_us: r.try_get("ts_us")?,
+                    row_count: r.try_get("row_count")?,
+                    head_hash: r.try_get("head_hash")?,
+                    token: r.try_get("token")?,
+                }))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(Error::from)
+        })
+    }
+
+    /// Closes the pool.
+    pub(crate) async fn close(&self) {
+        with_pool!(self, pool => pool.close().await);
+    }
+}
+
+// === impl Embedded ===
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, Cow::Borrowed(*sql), false)
+                })
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,197 @@
+//! The single writer task: group commit.
+//!
+//! Callers send rows on an unbounded channel and (for intents) await a oneshot. The task takes
+//! everything queued (up to `batch_max_rows`), commits it in one transaction and answers every
+//! waiter; while a commit is in flight the next batch forms, so the number of transactions per
+//! second, not rows, is what the database has to sustain.
+//!
+//! Invariants: a waiter is answered `Ok` only after its row's transaction committed. A failed
+//! intent is answered with the error and dropped (its call is refused, so nothing happened that
+//! the trail misses). A failed outcome is answered with the error and kept for retry, ahead of
+//! newer rows, until it commits or the retry buffer is full (then it is logged at `error` with
+//! its request id: loud, never silent).
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::Instant,
+};
+
+use super::{Error, Health, row::Row, store::Store};
+use crate::auth::issuer::EmbeddedIssuer;
+
+/// Outcomes kept for retry at most.
+const RETRY_CAPACITY: usize = 100_000;
+/// Wait between retries while the store fails.
+const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// Idle time after which the store is probed with `SELECT 1`.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A message to the writer.
+pub(crate) enum Command {
+    /// Append a row; answer on `reply` once committed (or failed).
+    Append { row: Box<Row>, reply: Option<oneshot::Sender<Result<i64, Error>>>, retry: bool },
+    /// Write everything queued and a final checkpoint, then answer.
+    Flush { reply: oneshot::Sender<()> },
+}
+
+pub(crate) struct Writer {
+    pub(crate) store: Store,
+    pub(crate) rx: mpsc::UnboundedReceiver<Command>,
+    pub(crate) health: watch::Sender<Health>,
+    pub(crate) signer: Arc<EmbeddedIssuer>,
+    pub(crate) batch_max_rows: usize,
+    pub(crate) batch_linger: Duration,
+    pub(crate) checkpoint_interval: Duration,
+    pub(crate) fail_open: bool,
+    pub(crate) replica: String,
+    pub(crate) pending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct Item {
+    row: Box<Row>,
+    reply: Option<oneshot::Sender<Result<i64, Error>>>,
+    retry: bool,
+}
+
+// === impl Writer ===
+
+impl Writer {
+    pub(crate) async fn run(mut self) {
+        let mut retry: VecDeque<Item> = VecDeque::new();
+        let mut last_checkpoint = Instant::now();
+        let mut last_activity = Instant::now();
+        let mut closed = false;
+        while !closed || !retry.is_empty() {
+            let mut batch: Vec<Item> = Vec::new();
+            let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+            let wait = if retry.is_empty() { Duration::from_secs(1) } else { RETRY_BACKOFF };
+            if !closed {
+                tokio::select! {
+                    command = self.rx.recv() => match command {
+                        Some(command) => Self::take(command, &mut batch, &mut flushes),
+                        None => closed = true,
+                    },
+                    () = tokio::time::sleep(wait) => {}
+                }
+            } else {
+                tokio::time::sleep(RETRY_BACKOFF).await;
+            }
+            self.drain(&mut batch, &mut flushes);
+            if !self.batch_linger.is_zero() && !batch.is_empty() && batch.len() < self.batch_max_rows {
+                tokio::time::sleep(self.batch_linger).await;
+                self.drain(&mut batch, &mut flushes);
+            }
+            // Retried outcomes are older than anything just received: they go first (at most a
+            // batch of them per transaction).
+            if !retry.is_empty() {
+                let take = retry.len().min(self.batch_max_rows);
+                let mut merged: Vec<Item> = retry.drain(..take).collect();
+                merged.append(&mut batch);
+                batch = merged;
+            }
+            let checkpoint_due = last_checkpoint.elapsed() >= self.checkpoint_interval || !flushes.is_empty() || closed;
+            if batch.is_empty() && !checkpoint_due {
+                if last_activity.elapsed() >= PROBE_INTERVAL {
+                    last_activity = Instant::now();
+                    match self.store.ping().await {
+                        Ok(()) => self.set_health(Health::Ready),
+                        Err(error) => self.set_failed(&error),
+                    }
+                }
+                continue;
+            }
+            last_activity = Instant::now();
+            self.commit(batch, checkpoint_due, &mut retry, &mut last_checkpoint).await;
+            for flush in flushes {
+                let _ = flush.send(());
+            }
+        }
+        self.store.close().await;
+    }
+
+    fn take(command: Command, batch: &mut Vec<Item>, flushes: &mut Vec<oneshot::Sender<()>>) {
+        match command {
+            Command::Append { row, reply, retry } => batch.push(Item { row, reply, retry }),
+            Command::Flush { reply } => flushes.push(reply),
+        }
+    }
+
+    fn drain(&mut self, batch: &mut Vec<Item>, flushes: &mut Vec<oneshot::Sender<()>>) {
+        while batch.len() < self.batch_max_rows {
+            match self.rx.try_recv() {
+                Ok(command) => Self::take(command, batch, flushes),
+                Err(_) => break,
+            }
+        }
+    }
+
+    async fn commit(&mut self, batch: Vec<Item>, checkpoint_due: bool, retry: &mut VecDeque<Item>, last_checkpoint: &mut Instant) {
+        let mut rows: Vec<Row> = batch.iter().map(|item| (*item.row).clone()).collect();
+        let signer = self.signer.clone();
+        let sign = move |count: i64, head: &str, ts_us: i64| -> Result<String, Error> {
+            super::sign_checkpoint(&signer, count, head, ts_us)
+        };
+        let result = self.store.append(&mut rows, &self.replica, checkpoint_due.then_some(&sign as _)).await;
+        let intents = batch.iter().filter(|i| !i.retry).count();
+        match result {
+            Ok(appended) => {
+                tracing::debug!(rows = appended.seqs.len(), head = appended.head.0, "audit batch committed");
+                self.set_health(Health::Ready);
+                if checkpoint_due {
+                    *last_checkpoint = Instant::now();
+                }
+                if let Some(checkpoint) = &appended.checkpoint {
+                    // Also in the log, so a copy of each checkpoint lives outside the database.
+                    tracing::info!(
+                        id = checkpoint.id,
+                        ts_us = checkpoint.ts_us,
+                        rows = checkpoint.row_count,
+                        head = %checkpoint.head_hash,
+                        checkpoint = %checkpoint.token,
+                        "audit checkpoint"
+                    );
+                }
+                for (item, seq) in batch.into_iter().zip(appended.seqs) {
+                    if let Some(reply) = item.reply {
+                        let _ = reply.send(Ok(seq));
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, rows = batch.len(), "audit store write failed");
+                self.set_failed(&error);
+                for item in batch {
+                    if let Some(reply) = item.reply {
+                        let _ = reply.send(Err(Error::Unavailable { reason: error.to_string() }));
+                    }
+                    if item.retry {
+                        if retry.len() < RETRY_CAPACITY {
+                            retry.push_back(Item { row: item.row, reply: None, retry: true });
+                        } else {
+                            tracing::error!(request_id = %item.row.request_id, kind = %item.row.kind, "audit retry buffer full: outcome record lost");
+                        }
+                    }
+                }
+            }
+        }
+        self.pending.fetch_sub(intents, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn set_failed(&self, error: &Error) {
+        let reason = format!("audit store unavailable: {error}");
+        self.set_health(if self.fail_open { Health::Degraded { reason } } else { Health::Unready { reason } });
+    }
+
+    fn set_health(&self, health: Health) {
+        self.health.send_if_modified(|current| {
+            if *current == health {
+                false
+            } else {
+                *current = health;
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,165 @@
+use serde_json::json;
+
+use super::*;
+
+fn kinds(text: &str) -> Vec<String> {
+    scrub(text).findings.iter().map(|f| f.kind.to_string()).collect()
+}
+
+#[test]
+fn every_vendored_rule_compiles() {
+    let scrubber = Scrubber::new().unwrap();
+    assert!(scrubber.gitleaks_rule_count() > 200, "only {} gitleaks rules", scrubber.gitleaks_rule_count());
+}
+
+#[test]
+fn replacement_keeps_the_kind_and_offsets_point_into_the_input() {
+    let text = "key AKIAIOSFODNN7QWERTY2 in config";
+    let scrubbed = scrub(text);
+    assert_eq!(scrubbed.text, "key [REDACTED:aws_access_token] in config");
+    let f = &scrubbed.findings[0];
+    assert_eq!(&text[f.start..f.end], "AKIAIOSFODNN7QWERTY2");
+}
+
+#[test]
+fn headers_bearer_basic_and_jwt() {
+    let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlX2J5dGVz";
+    let s = scrub(&format!("Authorization: Bearer {jwt}"));
+    assert_eq!(s.text, "Authorization: Bearer [REDACTED:authorization_header]");
+    assert!(!scrub(&format!("token {jwt} here")).text.contains("eyJ"));
+    assert_eq!(scrub("Cookie: sid=abc123; theme=dark").text, "Cookie: [REDACTED:cookie]");
+    assert_eq!(scrub("proxy-authorization: Basic dXNlcjpwYXNzd29yZA==").text, "proxy-authorization: Basic [REDACTED:authorization_header]");
+    assert!(scrub("curl -H 'x: y' then bearer abcdefgh12345678").text.ends_with("bearer [REDACTED:bearer_token]"));
+}
+
+#[test]
+fn url_parameters_and_passwords_in_urls() {
+    assert_eq!(
+        scrub("GET /cb?code=SplxlOBeZQQYbYS6WxSbIA&state=xyz").text,
+        "GET /cb?code=[REDACTED:secret_parameter]&state=xyz"
+    );
+    assert_eq!(scrub("https://h/x?access_token=abc.def").text, "https://h/x?access_token=[REDACTED:secret_parameter]");
+    assert_eq!(scrub("postgres://gw:s3cr3t-pw@db:5432/gw").text, "postgres://gw:[REDACTED:password_in_url]@db:5432/gw");
+}
+
+#[test]
+fn provider_keys() {
+    let github = format!("ghp_{}", "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5");
+    assert_eq!(kinds(&format!("token: {github}")).len(), 1);
+    assert!(scrub("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgHcTz6sE2I2yPB\naFDrBz9vFqU4yPHzXcbuOvM0vKI8bOB1vhyWyENbJ4OtwKQ5ZIl3Ss9yZpo0Tq0\n-----END RSA PRIVATE KEY-----").text.starts_with("[REDACTED:private_key]"));
+}
+
+#[test]
+fn personal_data() {
+    assert_eq!(scrub("mail alice.smith@example.org now").text, "mail [REDACTED:email] now");
+    assert_eq!(scrub("call +44 20 7946 0958 today").text, "call [REDACTED:phone] today");
+    assert_eq!(scrub("IBAN DE89 3704 0044 0532 0130 00.").text, "IBAN [REDACTED:iban].");
+    assert_eq!(scrub("IBAN DE89 3704 0044 0532 0130 01.").findings, vec![]);
+}
+
+#[test]
+fn cards_only_when_luhn_valid() {
+    assert_eq!(scrub("card 4111 1111 1111 1111 ok").text, "card [REDACTED:payment_card] ok");
+    assert_eq!(scrub("card 4111-1111-1111-1111").text, "card [REDACTED:payment_card]");
+    assert_eq!(scrub("card 4111111111111111").text, "card [REDACTED:payment_card]");
+    for invalid in ["4111 1111 1111 1112", "4111-1111-1111-1112", "4111111111111112", "card=4440-2685-9952-4"] {
+        assert_eq!(scrub(invalid).findings, vec![], "{invalid}");
+    }
+    assert!(pii::luhn(b"79927398713".iter().copied()));
+    assert!(!pii::luhn(b"79927398710".iter().copied()));
+}
+
+#[test]
+fn ordinary_text_is_left_alone() {
+    for text in [
+        "2024-01-31 10:42:00 INFO request handled in 35ms",
+        "connect to 192.168.1.100:8080 version 1.2.3 via 10.0.0.1",
+        "uuid 014df517-39d1-4453-b7b3-9930c563627c sha1 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12",
+        "the tool max_tokens=512 returned 3 results",
+        "",
+    ] {
+        assert_eq!(scrub(text).findings, vec![], "{text}");
+    }
+}
+
+#[test]
+fn overlapping_findings_merge() {
+    let merged = merge(vec![
+        Finding { kind: Arc::from("a"), start: 0, end: 5 },
+        Finding { kind: Arc::from("b"), start: 3, end: 9 },
+        Finding { kind: Arc::from("c"), start: 10, end: 12 },
+    ]);
+    assert_eq!(merged.len(), 2);
+    assert_eq!((merged[0].start, merged[0].end, &*merged[0].kind), (0, 9, "a"));
+}
+
+#[test]
+fn json_walker_scrubs_strings_numbers_keys_and_secret_fields() {
+    let (value, findings) = scrub_json(&json!({
+        "query": "mail bob@example.com",
+        "password": "hunter2",
+        "nested": {"card": 4111111111111111_u64, "list": ["ok", "AKIAIOSFODNN7QWERTY2"]},
+        "max_tokens": 100,
+    }));
+    assert_eq!(value["query"], "mail [REDACTED:email]");
+    assert_eq!(value["password"], "[REDACTED:secret_field]");
+    assert_eq!(value["nested"]["card"], "[REDACTED:payment_card]");
+    assert_eq!(value["nested"]["list"][1], "[REDACTED:aws_access_token]");
+    assert_eq!(value["max_tokens"], 100);
+    assert!(findings.iter().any(|f| f.pointer == "/nested/list/1"));
+}
+
+#[test]
+fn writer_scrubs_each_line() {
+    use std::io::Write as _;
+    let mut out = Vec::new();
+    {
+        let mut writer = ScrubbingWriter::new(&mut out);
+        writer.write_all(b"{\"msg\":\"login\",\"email\":\"carol@example.com\"}\nsecond ").unwrap();
+        writer.write_all(b"line Authorization: Bearer abcdefghijkl\n").unwrap();
+    }
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text, "{\"msg\":\"login\",\"email\":\"[REDACTED:email]\"}\nsecond line Authorization: Bearer [REDACTED:authorization_header]\n");
+    serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap();
+}
+
+#[test]
+fn go_classes_become_ascii() {
+    assert_eq!(gitleaks::ascii_classes(r"[\w.-]{0,5}\s\d"), r"[0-9A-Za-z_.-]{0,5}[\t\n\x0C\r ][0-9]");
+    assert_eq!(gitleaks::ascii_classes(r"[a--b&&c~~]"), r"[a\--b\&\&c\~\~]");
+}
+
+#[test]
+fn literal_braces_are_escaped_like_re2() {
+    assert_eq!(gitleaks::ascii_classes(r"^\$(?:\d+|{\d+})$"), r"^\$(?:[0-9]+|\{[0-9]+})$");
+    assert_eq!(gitleaks::ascii_classes(r"a{2,5}b{3}c{1,}"), r"a{2,5}b{3}c{1,}");
+}
+
+#[test]
+fn make_writer_scrubs_tracing_events() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer(Arc::new(Mutex::new(Vec::new())));
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(ScrubbingMakeWriter::new(move || sink.clone()))
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(header = "Bearer abcdefghijklmnop", user = "dave@example.com", "upstream call failed");
+    });
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains("abcdefghijklmnop") && !text.contains("dave@example.com"), "{text}");
+    assert!(text.contains("[REDACTED:email]"), "{text}");
+    serde_json::from_str::<serde_json::Value>(text.trim()).unwrap();
+}

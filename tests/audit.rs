@@ -1,0 +1,422 @@
+//! Audit trail against real databases: SQLite files, and a real PostgreSQL server
+//! (`PORTCULLIS_TEST_POSTGRES_URL`, started by `scripts/start-services.sh`). Postgres tests fail
+//! without that URL unless `PORTCULLIS_SKIP_POSTGRES=1` is set explicitly.
+//!
+//! For each backend: an intact record verifies; editing a row (triggers dropped), deleting a
+//! row, swapping two rows and cutting the tail past a checkpoint each fail verification naming
+//! the row; the triggers refuse changes; a store that cannot write refuses calls.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use portcullis::{
+    audit::{
+        AuditConfig, AuditLog, AuditSettings, Broken, FailureMode, Health, IntentRecord, OutcomeRecord, OutcomeStatus,
+        PolicyDecision, Problem, VerifyOutcome,
+    },
+    auth::issuer::{EmbeddedIssuer, SigningKey},
+};
+use serde_json::json;
+use sqlx::{Connection as _, Executor as _};
+use tempfile::TempDir;
+
+/// A fresh, empty audit database of one backend.
+struct Db {
+    url: String,
+    postgres: bool,
+    _dir: TempDir,
+}
+
+fn postgres_base() -> Option<String> {
+    match std::env::var("PORTCULLIS_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("PORTCULLIS_SKIP_POSTGRES").as_deref() == Ok("1") => None,
+        Err(_) => panic!(
+            "PORTCULLIS_TEST_POSTGRES_URL is not set: start PostgreSQL with `source <(bash scripts/start-services.sh env)` \
+             (or set PORTCULLIS_SKIP_POSTGRES=1 to skip the PostgreSQL tests explicitly)"
+        ),
+    }
+}
+
+async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    Db { url: format!("sqlite://{}", dir.path().join("audit.db").display()), postgres: false, _dir: dir }
+}
+
+async fn postgres() -> Option<Db> {
+    let base = postgres_base()?;
+    let name = format!("audit_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base).await.expect("connecting to PORTCULLIS_TEST_POSTGRES_URL");
+    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    Some(Db { url: format!("{prefix}/{name}"), postgres: true, _dir: tempfile::tempdir().unwrap() })
+}
+
+/// Drops a test database (tests that fail leave theirs behind for inspection).
+async fn drop_postgres(url: &str) {
+    let (_, name) = url.rsplit_once('/').unwrap();
+    let base = postgres_base().unwrap();
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
+}
+
+fn issuer(dir: &TempDir) -> Arc<EmbeddedIssuer> {
+    let key = SigningKey::load_or_generate(dir.path()).unwrap();
+    Arc::new(EmbeddedIssuer::new(key, "http://gw".into(), "http://gw/mcp".into(), Duration::from_secs(3600)))
+}
+
+fn settings(db: &Db, failure_mode: FailureMode) -> AuditSettings {
+    let config = AuditConfig {
+        url: Some(db.url.clone()),
+        failure_mode,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..AuditConfig::default()
+    };
+    AuditSettings::from_config(&config, std::path::Path::new("unused")).unwrap()
+}
+
+fn intent(i: usize) -> IntentRecord {
+    IntentRecord {
+        request_id: format!("req-{i}"),
+        jsonrpc_id: Some(i.to_string()),
+        session_id: Some("session-1".into()),
+        issuer: Some("http://gw".into()),
+        subject: Some("alice".into()),
+        client_id: Some("cli".into()),
+        token_id: Some("jti-1".into()),
+        upstream: Some("demo".into()),
+        method: "tools/call".into(),
+        target: Some("demo__get_forecast".into()),
+        arguments: Some(json!({"city": "Paris", "api_key": "sk-live-123", "n": i})),
+        decision: Some(PolicyDecision::Allow),
+        rule: Some("default".into()),
+        ..IntentRecord::default()
+    }
+}
+
+fn ok() -> OutcomeRecord {
+    OutcomeRecord { status: OutcomeStatus::Ok, error_code: None, error_message: None, findings: None, latency: None }
+}
+
+/// Writes `n` requests (2n rows) and a checkpoint.
+async fn write(log: &AuditLog, n: usize) {
+    for i in 0..n {
+        let handle = log.intent(intent(i)).await.unwrap();
+        handle.outcome(ok()).await.unwrap();
+    }
+    log.flush().await;
+}
+
+async fn verify(db: &Db, keys: &TempDir) -> VerifyOutcome {
+    let issuer = issuer(keys);
+    portcullis::audit::verify(&settings(db, FailureMode::FailClosed), issuer.key().decoding_key(), &[]).await.unwrap()
+}
+
+async fn raw(db: &Db, statements: &[&str]) -> Result<(), sqlx::Error> {
+    if db.postgres {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await?;
+        for s in statements {
+            conn.execute(*s).await?;
+        }
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await?;
+        for s in statements {
+            conn.execute(*s).await?;
+        }
+    }
+    Ok(())
+}
+
+fn drop_triggers(db: &Db) -> Vec<&'static str> {
+    if db.postgres {
+        vec!["ALTER TABLE audit_log DISABLE TRIGGER USER", "ALTER TABLE audit_checkpoint DISABLE TRIGGER USER"]
+    } else {
+        vec!["DROP TRIGGER audit_log_no_update", "DROP TRIGGER audit_log_no_delete"]
+    }
+}
+
+async fn fresh_log(db: &Db, keys: &TempDir, n: usize) -> AuditLog {
+    let log = AuditLog::open(&settings(db, FailureMode::FailClosed), issuer(keys)).await.unwrap();
+    write(&log, n).await;
+    log
+}
+
+async fn expect_broken(db: &Db, keys: &TempDir, seq: i64, problem: Problem) {
+    match verify(db, keys).await {
+        VerifyOutcome::Broken(broken) => {
+            assert_eq!(broken, Broken { seq, problem }, "{broken}");
+            println!("verify: {broken}");
+        }
+        VerifyOutcome::Intact(report) => panic!("tampering not detected: {report:?}"),
+    }
+}
+
+async fn intact_record_verifies(db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    let log = fresh_log(&db, &keys, 10).await;
+    assert_eq!(log.health(), Health::Ready);
+    log.close(Duration::from_secs(5)).await;
+    match verify(&db, &keys).await {
+        VerifyOutcome::Intact(report) => {
+            assert_eq!(report.rows, 20);
+            assert!(report.checkpoints >= 1);
+            assert_eq!(report.checkpointed_rows, 20);
+        }
+        VerifyOutcome::Broken(broken) => panic!("{broken}"),
+    }
+    // A checkpoint signed by another key is refused.
+    let other = tempfile::tempdir().unwrap();
+    assert!(matches!(verify(&db, &other).await, VerifyOutcome::Broken(Broken { problem: Problem::BadCheckpoint { .. }, .. })));
+}
+
+async fn triggers_refuse_changes(db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    fresh_log(&db, &keys, 2).await.close(Duration::from_secs(5)).await;
+    let update = raw(&db, &["UPDATE audit_log SET target = 'x' WHERE seq = 1"]).await.unwrap_err();
+    assert!(update.to_string().contains("append-only"), "{update}");
+    let delete = raw(&db, &["DELETE FROM audit_log"]).await.unwrap_err();
+    assert!(delete.to_string().contains("append-only"), "{delete}");
+    let checkpoint = raw(&db, &["DELETE FROM audit_checkpoint"]).await.unwrap_err();
+    assert!(checkpoint.to_string().contains("append-only"), "{checkpoint}");
+    if db.postgres {
+        let truncate = raw(&db, &["TRUNCATE audit_log"]).await.unwrap_err();
+        assert!(truncate.to_string().contains("append-only"), "{truncate}");
+    }
+    assert!(matches!(verify(&db, &keys).await, VerifyOutcome::Intact(r) if r.rows == 4));
+}
+
+async fn edited_row_is_named(db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    fresh_log(&db, &keys, 5).await.close(Duration::from_secs(5)).await;
+    let mut statements = drop_triggers(&db);
+    statements.push("UPDATE audit_log SET subject = 'mallory' WHERE seq = 5");
+    raw(&db, &statements).await.unwrap();
+    expect_broken(&db, &keys, 5, Problem::Edited).await;
+}
+
+async fn deleted_row_is_named(db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    fresh_log(&db, &keys, 5).await.close(Duration::from_secs(5)).await;
+    let mut statements = drop_triggers(&db);
+    statements.push("DELETE FROM audit_log WHERE seq = 7");
+    raw(&db, &statements).await.unwrap();
+    expect_broken(&db, &keys, 7, Problem::Missing { next: Some(8) }).await;
+}
+
+async fn swapped_rows_are_named(db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    fresh_log(&db, &keys, 5).await.close(Duration::from_secs(5)).await;
+    let mut statements = drop_triggers(&db);
+    statements.extend([
+        "UPDATE audit_log SET seq = 1000003 WHERE seq = 3",
+        "UPDATE audit_log SET seq = 3 WHERE seq = 4",
+        "UPDATE audit_log SET seq = 4 WHERE seq = 1000003",
+    ]);
+    raw(&db, &statements).await.unwrap();
+    expect_broken(&db, &keys, 3, Problem::Reordered { follows: 4 }).await;
+}
+
+async fn truncation_past_checkpoint_is_named(db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    fresh_log(&db, &keys, 5).await.close(Duration::from_secs(5)).await;
+    let mut statements = drop_triggers(&db);
+    statements.push("DELETE FROM audit_log WHERE seq > 6");
+    raw(&db, &statements).await.unwrap();
+    expect_broken(&db, &keys, 7, Problem::TruncatedAfterCheckpoint { checkpoint_rows: 10, rows: 6 }).await;
+}
+
+/// The store stops accepting writes: calls are refused (nothing forwarded) and the log reports
+/// itself unready; once the store is back, calls flow and the record is intact.
+async fn store_down_refuses_calls(db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    let log = fresh_log(&db, &keys, 1).await;
+    raw(&db, &["ALTER TABLE audit_log RENAME TO audit_log_away"]).await.unwrap();
+    let mut forwarded = 0;
+    for i in 0..3 {
+        match log.intent(intent(100 + i)).await {
+            Ok(handle) => {
+                forwarded += 1;
+                handle.outcome(ok()).await.unwrap();
+            }
+            Err(error) => {
+                assert_eq!(error.jsonrpc_code(), -32052);
+                assert!(error.to_string().starts_with("audit log unavailable"), "{error}");
+            }
+        }
+    }
+    assert_eq!(forwarded, 0, "a call was forwarded without a durable intent");
+    assert!(matches!(log.health(), Health::Unready { .. }), "{:?}", log.health());
+    raw(&db, &["ALTER TABLE audit_log_away RENAME TO audit_log"]).await.unwrap();
+    write(&log, 1).await;
+    assert_eq!(log.health(), Health::Ready);
+    log.close(Duration::from_secs(5)).await;
+    assert!(matches!(verify(&db, &keys).await, VerifyOutcome::Intact(r) if r.rows == 4));
+}
+
+/// `fail_open` forwards anyway and reports degraded, not unready.
+async fn fail_open_forwards_and_degrades(db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(&settings(&db, FailureMode::FailOpen), issuer(&keys)).await.unwrap();
+    raw(&db, &["ALTER TABLE audit_log RENAME TO audit_log_away"]).await.unwrap();
+    let handle = log.intent(intent(1)).await.unwrap();
+    assert_eq!(handle.seq(), None);
+    assert!(matches!(log.health(), Health::Degraded { .. }));
+    drop(handle);
+    raw(&db, &["ALTER TABLE audit_log_away RENAME TO audit_log"]).await.unwrap();
+}
+
+/// Concurrent writers, a dropped handle (abandoned outcome), and export.
+async fn concurrent_writers_abandoned_and_export(db: Db, logs: usize) {
+    let keys = tempfile::tempdir().unwrap();
+    let mut opened = Vec::new();
+    for _ in 0..logs {
+        opened.push(Arc::new(AuditLog::open(&settings(&db, FailureMode::FailClosed), issuer(&keys)).await.unwrap()));
+    }
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let log = opened[t % logs].clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let handle = log.intent(intent(t * 100 + i)).await.unwrap();
+                if i == 9 {
+                    drop(handle);
+                } else {
+                    handle.outcome(ok()).await.unwrap();
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for log in opened {
+        let log = Arc::into_inner(log).unwrap();
+        log.close(Duration::from_secs(5)).await;
+    }
+    match verify(&db, &keys).await {
+        VerifyOutcome::Intact(report) => assert_eq!(report.rows, 640),
+        VerifyOutcome::Broken(broken) => panic!("{broken}"),
+    }
+    let mut out = Vec::new();
+    let written = portcullis::audit::export(&settings(&db, FailureMode::FailClosed), 0, &mut out).await.unwrap();
+    assert_eq!(written, 640);
+    let text = String::from_utf8(out).unwrap();
+    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.iter().filter(|r| r["status"] == "abandoned").count(), 32);
+    assert!(rows[0]["time"].as_str().unwrap().ends_with('Z'));
+    assert!(!text.contains("sk-live-123") && !text.contains("session-1"), "secret or raw session id exported");
+}
+
+macro_rules! both {
+    ($($name:ident => $body:expr;)*) => {
+        mod sqlite_backend {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let db = sqlite().await;
+                let f: fn(Db) -> _ = $body;
+                f(db).await;
+            })*
+        }
+        mod postgres_backend {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(db) = postgres().await else { return };
+                let url = db.url.clone();
+                let f: fn(Db) -> _ = $body;
+                f(db).await;
+                drop_postgres(&url).await;
+            })*
+        }
+    };
+}
+
+both! {
+    intact => intact_record_verifies;
+    triggers => triggers_refuse_changes;
+    edited => edited_row_is_named;
+    deleted => deleted_row_is_named;
+    swapped => swapped_rows_are_named;
+    truncated => truncation_past_checkpoint_is_named;
+    store_down => store_down_refuses_calls;
+    fail_open => fail_open_forwards_and_degrades;
+    concurrent_one_log => |db| concurrent_writers_abandoned_and_export(db, 1);
+    concurrent_two_replicas => |db| concurrent_writers_abandoned_and_export(db, 2);
+}
+
+/// The gateway's PostgreSQL role needs only SELECT and INSERT: with migrations applied by the
+/// owner, it opens the log, writes, and is refused UPDATE by privilege.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_least_privilege_role() {
+    let Some(db) = postgres().await else { return };
+    let keys = tempfile::tempdir().unwrap();
+    fresh_log(&db, &keys, 1).await.close(Duration::from_secs(5)).await;
+    let role = format!("gw_{}", uuid::Uuid::new_v4().simple());
+    raw(&db, &[
+        &format!("CREATE ROLE {role} LOGIN PASSWORD 'gw'"),
+        &format!("GRANT SELECT, INSERT ON audit_log, audit_checkpoint TO {role}"),
+        &format!("GRANT USAGE ON SEQUENCE audit_checkpoint_id_seq TO {role}"),
+        &format!("GRANT SELECT ON _sqlx_migrations TO {role}"),
+    ])
+    .await
+    .unwrap();
+    let (scheme_and_user, host_and_db) = db.url.split_once('@').unwrap();
+    let scheme = scheme_and_user.split("//").next().unwrap();
+    let limited = Db { url: format!("{scheme}//{role}:gw@{host_and_db}"), postgres: true, _dir: tempfile::tempdir().unwrap() };
+    let log = AuditLog::open(&settings(&limited, FailureMode::FailClosed), issuer(&keys)).await.unwrap();
+    write(&log, 2).await;
+    log.close(Duration::from_secs(5)).await;
+    let denied = raw(&limited, &["UPDATE audit_log SET target = 'x' WHERE seq = 1"]).await.unwrap_err();
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+    assert!(matches!(verify(&db, &keys).await, VerifyOutcome::Intact(r) if r.rows == 6));
+    drop_postgres(&db.url).await;
+    let mut admin = sqlx::PgConnection::connect(&postgres_base().unwrap()).await.unwrap();
+    admin.execute(format!("DROP ROLE {role}").as_str()).await.unwrap();
+}
+
+/// `portcullis audit verify` and `export` on the default SQLite store of a data dir, and
+/// `portcullis redact --jsonl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_verify_export_and_redact() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = AuditSettings::from_config(&AuditConfig::default(), data_dir.path()).unwrap();
+    let log = AuditLog::open(&settings, issuer(&data_dir)).await.unwrap();
+    write(&log, 5).await;
+    log.close(Duration::from_secs(5)).await;
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let dir = data_dir.path().to_str().unwrap();
+
+    let ok = run(&["audit", "verify", "--data-dir", dir]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success() && stdout.contains("10 rows"), "{stdout} {}", String::from_utf8_lossy(&ok.stderr));
+
+    let export = run(&["audit", "export", "--data-dir", dir, "--since", "1h", "--format", "jsonl"]);
+    assert!(export.status.success());
+    assert_eq!(String::from_utf8_lossy(&export.stdout).lines().count(), 10);
+
+    let db = Db { url: settings_url(&settings), postgres: false, _dir: tempfile::tempdir().unwrap() };
+    raw(&db, &["DROP TRIGGER audit_log_no_update", "UPDATE audit_log SET method = 'x' WHERE seq = 4"]).await.unwrap();
+    let bad = run(&["audit", "verify", "--data-dir", dir]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("row 4: edited"), "{stderr}");
+
+    let mut child = std::process::Command::new(bin)
+        .args(["redact", "--jsonl"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"{\"text\":\"mail bob@example.com\"}\n").unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line, json!({"text": "mail [REDACTED:email]", "findings": [{"kind": "email", "start": 5, "end": 20}]}));
+}
+
+fn settings_url(settings: &AuditSettings) -> String {
+    use secrecy::ExposeSecret as _;
+    settings.url.expose_secret().to_owned()
+}
