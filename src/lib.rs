@@ -60,7 +60,9 @@ use crate::{
     catalog::CatalogStore,
     config::Settings,
     policy::Policy,
-    router::{CatalogSync, Gateway},
+    audit::AuditLog,
+    guard::PinStore,
+    router::{CatalogSync, Gateway, Vetting},
     transport::AppState,
     upstream::Upstream,
 };
@@ -107,15 +109,41 @@ async fn trusted_issuers(settings: &Settings, embedded: &Arc<EmbeddedIssuer>, ht
     issuers
 }
 
-/// Runs the gateway on an already-bound `listener` until `shutdown` completes.
-///
-/// Start-up connects to every upstream and builds the catalog: an unreachable upstream is
-/// logged and retried in the background, while two upstreams whose names collide after
-/// prefixing stop the start.
+/// The observability handles shared by the binary and the gateway: the health registry
+/// (which the trace exporter may already report into) and the metrics registry.
+#[derive(Clone, Default)]
+pub struct Observability {
+    /// Component health behind `/healthz` and `/readyz`.
+    pub health: telemetry::Health,
+    /// Prometheus metrics behind `/metrics`.
+    pub metrics: telemetry::Metrics,
+}
+
+/// Runs the gateway on an already-bound `listener` until `shutdown` completes, with fresh
+/// health and metrics registries. See [`run_with`].
 ///
 /// # Errors
-/// A fatal misconfiguration (issuer key, name collision) or a server I/O failure.
+/// As [`run_with`].
 pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    run_with(settings, listener, shutdown, Observability::default()).await
+}
+
+/// Runs the gateway on an already-bound `listener` until `shutdown` completes.
+///
+/// Start-up logs one line per component (issuer keys, audit store, each upstream's tool
+/// count). An unreachable upstream is logged and retried in the background; a fatal
+/// misconfiguration (issuer key, unreachable audit store, two upstreams whose names collide
+/// after prefixing) stops the start with a message saying what to fix.
+///
+/// # Errors
+/// A fatal misconfiguration or a server I/O failure.
+pub async fn run_with(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    observability: Observability,
+) -> anyhow::Result<()> {
+    let Observability { health, metrics } = observability;
     let settings = Arc::new(settings);
     let issuer = Arc::new(embedded_issuer(&settings)?);
     tracing::info!(issuer = issuer.issuer(), kid = issuer.key().kid(), "embedded authorization server key loaded");
@@ -127,11 +155,27 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
         .context("building the HTTP client")?;
     let cancel = CancellationToken::new();
     let resource_server = Arc::new(ResourceServer::new(trusted_issuers(&settings, &issuer, &http, &cancel).await, settings.auth.leeway));
+
+    let audit = Arc::new(
+        AuditLog::open(&settings.audit, issuer.clone())
+            .await
+            .with_context(|| format!("opening the audit store at {} (check [audit] url and that the database is up)", settings.audit.display_url()))?,
+    );
+    tracing::info!(store = %settings.audit.display_url(), "audit store reachable");
+    tokio::spawn(watch_audit(audit.clone(), health.register("audit"), metrics.clone(), cancel.child_token()));
+
     let upstreams: Vec<Arc<Upstream>> =
         settings.upstreams.iter().map(|u| Arc::new(Upstream::new(u.clone(), http.clone(), issuer.clone()))).collect();
     let catalog = Arc::new(CatalogStore::new(upstreams.iter().map(|u| u.name().clone()).collect()));
     let (list_changed, _) = tokio::sync::broadcast::channel(64);
-    let mut sync = CatalogSync::new(upstreams.clone(), catalog.clone(), list_changed.clone());
+    let pins = settings.upstreams.iter().any(|u| settings.guard.policy(&u.name).pin_definitions()).then(|| PinStore::new(&settings.data_dir));
+    let vetting = Vetting { guard: settings.guard.clone(), pins };
+    let upstream_health = upstreams
+        .iter()
+        .map(|u| (u.name().clone(), health.register_member("upstreams", u.name())))
+        .collect::<HashMap<_, _>>();
+    let mut sync = CatalogSync::new(upstreams.clone(), catalog.clone(), list_changed.clone(), vetting)
+        .with_health(upstream_health, metrics.clone());
     for status in sync.initial().await.context("refusing to start")? {
         match status.result {
             Ok(tools) => tracing::info!(upstream = %status.upstream, tools, "upstream ready"),
@@ -149,10 +193,28 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
         upstreams: upstreams.iter().map(|u| (u.name().clone(), u.clone())).collect::<HashMap<_, _>>(),
         list_changed,
         catalog_events: sync.events(),
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+        guard: settings.guard.clone(),
     });
     let sync_task = tokio::spawn(sync.run(cancel.child_token()));
     let state = AppState::new(gateway, resource_server, issuer, cancel.child_token());
-    let app = transport::app(state);
+    let observability = telemetry::metrics_router(metrics).merge(telemetry::health_router(health));
+    let app = match settings.telemetry.metrics_listen {
+        None => transport::app(state).merge(observability),
+        Some(address) => {
+            let metrics_listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on telemetry.metrics_listen {address}"))?;
+            tracing::info!(%address, "metrics and health listening");
+            let stop = cancel.child_token();
+            tokio::spawn(async move {
+                let served = axum::serve(metrics_listener, observability).with_graceful_shutdown(stop.cancelled_owned()).await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "metrics listener failed");
+                }
+            });
+            transport::app(state)
+        }
+    };
 
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, endpoint = %settings.resource, "listening");
@@ -165,7 +227,27 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
         .await;
     cancel.cancel();
     let _ = sync_task.await;
+    // Outcome rows still queued are written before the process ends.
+    audit.flush().await;
     served.context("HTTP server failed")
+}
+
+/// Mirrors the audit log's state into the `audit` health component (calls are refused by the
+/// audit log itself while it cannot write) and its queue depth into metrics.
+async fn watch_audit(audit: Arc<AuditLog>, component: telemetry::ComponentHandle, metrics: telemetry::Metrics, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match audit.health() {
+            audit::Health::Ready => component.up(),
+            audit::Health::Degraded { reason } => component.degraded(&reason),
+            audit::Health::Unready { reason } => component.down(&reason),
+        }
+        metrics.set_audit_queue_depth(i64::try_from(audit.pending()).unwrap_or(i64::MAX));
+    }
 }
 
 /// The process environment as a map, for [`config::Config::load`].

@@ -317,6 +317,11 @@ impl AuditLog {
         answer.await.map_err(|_| Error::Closed)?
     }
 
+    /// Intents and outcomes queued for the writer (the audit queue depth metric).
+    pub fn pending(&self) -> usize {
+        self.inner.pending.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Current readiness: [`Health::Unready`] while the store fails under `fail_closed`.
     pub fn health(&self) -> Health {
         if self.inner.tx.is_closed() {

@@ -41,6 +41,9 @@ pub struct UpstreamListing {
     pub resources: Vec<Resource>,
     /// `resources/templates/list`.
     pub templates: Vec<ResourceTemplate>,
+    /// Tools held back by the guard, with the reason (flagged description, or a definition
+    /// that changed since it was pinned and awaits approval).
+    pub withheld_tools: Vec<(Tool, String)>,
 }
 
 /// One catalog entry: the advertised item and where it comes from.
@@ -88,6 +91,7 @@ pub struct Catalog {
     resources: Vec<Entry<Resource>>,
     resource_index: HashMap<String, usize>,
     templates: Vec<TemplateEntry>,
+    withheld: HashMap<String, (Entry<Tool>, String)>,
 }
 
 /// Where a resource URI is routed.
@@ -135,6 +139,11 @@ impl Catalog {
                 item.name = name.clone().into();
                 catalog.tool_index.insert(name, catalog.tools.len());
                 catalog.tools.push(Entry { upstream: listing.upstream.clone(), original: tool.name.to_string(), item });
+            }
+            for (tool, reason) in &listing.withheld_tools {
+                let name = format!("{}{}", listing.tool_prefix, tool.name);
+                let entry = Entry { upstream: listing.upstream.clone(), original: tool.name.to_string(), item: tool.clone() };
+                catalog.withheld.insert(name, (entry, reason.clone()));
             }
             for prompt in &listing.prompts {
                 let name = format!("{}{}", listing.tool_prefix, prompt.name);
@@ -195,6 +204,11 @@ impl Catalog {
     /// The tool advertised as `name`.
     pub fn tool(&self, name: &str) -> Option<&Entry<Tool>> {
         self.tool_index.get(name).map(|&i| &self.tools[i])
+    }
+
+    /// A tool the guard withholds under the advertised `name`, with the reason.
+    pub fn withheld_tool(&self, name: &str) -> Option<&(Entry<Tool>, String)> {
+        self.withheld.get(name)
     }
 
     /// All prompts.

@@ -18,6 +18,7 @@ fn listing(upstream: &str, prefix: &str, tools: &[&str], resources: &[&str], tem
         prompts: vec![Prompt::new(format!("{upstream}_prompt"), Some("p"), None)],
         resources: resources.iter().map(|uri| Resource::new(*uri, *uri)).collect(),
         templates: templates.iter().map(|t| ResourceTemplate::new(*t, "t")).collect(),
+        withheld_tools: Vec::new(),
     }
 }
 

@@ -280,8 +280,23 @@ fn start_telemetry(
     env: &HashMap<String, String>,
     settings: Option<&crate::config::TelemetrySettings>,
 ) -> anyhow::Result<crate::telemetry::TelemetryGuard> {
+    start_telemetry_with(env, settings, &crate::telemetry::Health::new())
+}
+
+/// As [`start_telemetry`], reporting the trace exporter into `health`. Log lines go through
+/// the `redact` scrubber: no secret or personal data reaches stderr.
+fn start_telemetry_with(
+    env: &HashMap<String, String>,
+    settings: Option<&crate::config::TelemetrySettings>,
+    health: &crate::telemetry::Health,
+) -> anyhow::Result<crate::telemetry::TelemetryGuard> {
     let endpoint = settings.and_then(|s| s.otlp_endpoint.clone());
-    crate::telemetry::init(env, endpoint).context("starting telemetry (logs and traces)")
+    crate::telemetry::TelemetryBuilder::new(env)
+        .otlp_endpoint(endpoint)
+        .writer(crate::redact::ScrubbingMakeWriter::new(std::io::stderr))
+        .health(health)
+        .init()
+        .context("starting telemetry (logs and traces)")
 }
 
 async fn audit(command: AuditCommand, env: &HashMap<String, String>) -> anyhow::Result<()> {
@@ -354,8 +369,9 @@ fn load_settings(config: &ConfigArgs, overrides: Overrides, env: &HashMap<String
 async fn serve(args: ServeArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
     let overrides = Overrides { listen: args.listen, public_url: args.public_url, data_dir: None, upstreams: args.upstreams };
     let (settings, listener) = bind(&args.config, overrides, env).await?;
-    let _telemetry = start_telemetry(env, Some(&settings.telemetry))?;
-    crate::run(settings, listener, shutdown_signal()).await
+    let observability = crate::Observability::default();
+    let _telemetry = start_telemetry_with(env, Some(&settings.telemetry), &observability.health)?;
+    crate::run_with(settings, listener, shutdown_signal(), observability).await
 }
 
 /// Loads settings and binds their listen address. With port 0 the settings are re-derived
@@ -497,7 +513,8 @@ async fn demo(args: DemoArgs, env: &HashMap<String, String>) -> anyhow::Result<(
     let (settings, listener) = bind(&ConfigArgs::default(), overrides, env)
         .await
         .context("starting the demo gateway (another port: `portcullis demo --listen 127.0.0.1:8181`)")?;
-    let _telemetry = start_telemetry(env, Some(&settings.telemetry))?;
+    let observability = crate::Observability::default();
+    let _telemetry = start_telemetry_with(env, Some(&settings.telemetry), &observability.health)?;
     let issuer = crate::embedded_issuer(&settings)?;
     let token = issuer.mint(&TokenRequest {
         subject: "demo-user".into(),
@@ -507,10 +524,15 @@ async fn demo(args: DemoArgs, env: &HashMap<String, String>) -> anyhow::Result<(
     })?;
     print_demo_banner(&settings.resource, &token, settings.auth.max_token_ttl, &settings.data_dir);
     let stop = cancel.clone();
-    let result = crate::run(settings, listener, async move {
-        shutdown_signal().await;
-        stop.cancel();
-    })
+    let result = crate::run_with(
+        settings,
+        listener,
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        },
+        observability,
+    )
     .await;
     cancel.cancel();
     result

@@ -108,6 +108,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Audit trail settings (`[audit]`).
     pub audit: crate::audit::AuditSettings,
+    /// The guard, built (and so validated) from `[guard]` and each `[upstream.guard]`.
+    pub guard: std::sync::Arc<crate::guard::Guard>,
 }
 
 /// `[telemetry]`, validated.
@@ -215,6 +217,8 @@ pub struct UpstreamSettings {
     pub identity_ttl: Duration,
     /// Whether policy rules may rely on this upstream's tool annotations (`readOnlyHint`, …).
     pub trusted_annotations: bool,
+    /// Guard overrides for this upstream.
+    pub guard: Option<crate::guard::GuardOverride>,
 }
 
 /// An OAuth credential toward an upstream; the secret came from the environment.
@@ -418,7 +422,11 @@ impl Settings {
             crate::audit::Error::Config { key, reason } => Error::Invalid { key, reason },
             other => Error::Invalid { key: "audit".into(), reason: other.to_string() },
         })?;
+        let overrides = upstreams.iter().filter_map(|u| Some((u.name.as_str(), u.guard.as_ref()?)));
+        let guard = crate::guard::Guard::new(&config.guard, overrides)
+            .map_err(|e| Error::Invalid { key: "guard".into(), reason: e.to_string() })?;
         Ok(Self {
+            guard: std::sync::Arc::new(guard),
             listen,
             public_url,
             resource,
@@ -642,6 +650,7 @@ fn upstream_settings(
         identity_header,
         identity_ttl: upstream.identity_ttl,
         trusted_annotations: upstream.trusted_annotations,
+        guard: upstream.guard,
     })
 }
 

@@ -44,6 +44,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Audit trail (`[audit]`).
     pub audit: crate::audit::AuditConfig,
+    /// Prompt-injection guard (`[guard]`).
+    pub guard: crate::guard::GuardConfig,
 }
 
 /// `[telemetry]`: trace export and the metrics listener. The standard `OTEL_*` environment
@@ -179,6 +181,9 @@ pub struct UpstreamConfig {
     /// Whether policy rules may rely on this upstream's tool annotations (default false).
     #[serde(default)]
     pub trusted_annotations: bool,
+    /// Guard overrides for this upstream (`[upstream.guard]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardOverride>,
 }
 
 /// `[upstream.oauth]`: the gateway obtains its own access token for this upstream.
@@ -266,6 +271,7 @@ impl Default for Config {
             policy: Vec::new(),
             telemetry: TelemetryConfig::default(),
             audit: crate::audit::AuditConfig::default(),
+            guard: crate::guard::GuardConfig::default(),
         }
     }
 }
@@ -304,6 +310,7 @@ impl UpstreamConfig {
             identity_audience: None,
             identity_ttl: default_identity_ttl(),
             trusted_annotations: false,
+            guard: None,
         }
     }
 }

@@ -2,23 +2,30 @@
 //! catalog (lists), to one upstream (calls), or answers locally (`ping`).
 //!
 //! One [`SessionHandler`] exists per client session (rmcp creates it at `initialize`). Every
-//! request goes through the same ordered steps, in [`SessionHandler`]'s methods:
-//! 1. recover the [`Principal`] the transport authenticated (missing → internal error: fail
-//!    closed);
+//! request goes through the same ordered steps (the transport already authenticated it,
+//! checked its session binding and its scopes):
+//! 1. `RequestCtx::begin`: recover the [`Principal`] (missing → internal error: fail closed)
+//!    and open the server span, parented to the client's W3C trace context;
 //! 2. resolve the target in the catalog (unknown → the "unknown" error for its kind);
-//! 3. ask policy; a denial answers exactly like an unknown target;
-//! 4. forward through this session's connection to the target's upstream, with the
-//!    [`crate::policy::Grant`] as proof, within the upstream's timeout.
+//! 3. ask policy; a denial answers exactly like an unknown target, a missing scope with
+//!    `insufficient_scope`;
+//! 4. write the audit intent row and wait until it is durable (fail closed: `-32052`);
+//! 5. forward through this session's connection to the target's upstream, with the
+//!    [`crate::policy::Grant`] as proof, in a client span, within the upstream's timeout;
+//! 6. sanitize what comes back with the guard (tool results, resources, prompts);
+//! 7. `RequestCtx::finish`: outcome row, access log line, metrics, span status.
 //!
-//! Lists are answered from the catalog, filtered by the same policy decision.
+//! Lists are answered from the catalog, filtered by the same policy decision, and audited
+//! the same way.
 
 // Logging (`logging/setLevel`, `notifications/message`) is deprecated by SEP-2577 for
 // 2026-07-28 but is part of every earlier revision the gateway serves, so it is relayed.
 #![allow(deprecated)]
 
+mod ctx;
 mod sync;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
@@ -32,16 +39,22 @@ use rmcp::{
     },
     service::{NotificationContext, RequestContext},
 };
+use serde_json::Value;
 use tokio::sync::{Mutex, OnceCell, broadcast};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::Instrument as _;
 
-pub use sync::{CatalogSync, ListChanged};
+pub use sync::{CatalogSync, ListChanged, Vetting};
+use ctx::RequestCtx;
 
 use crate::{
+    audit::AuditLog,
     auth::Principal,
     catalog::{CatalogStore, ResourceRoute},
     config::Settings,
-    policy::{Decision, Grant, Policy, Target, TargetKind},
+    guard::Guard,
+    policy::{Decision, Policy, Target, TargetKind},
+    telemetry::{McpSpanExt as _, Metrics, client_span, inject_meta},
     upstream::{
         self, Connection, Origin, RelayTarget, Upstream,
         credentials::{SessionIdentity, sha256_hex},
@@ -62,6 +75,12 @@ pub struct Gateway {
     pub list_changed: broadcast::Sender<ListChanged>,
     /// Where upstream list-change announcements go (the catalog sync).
     pub catalog_events: upstream::CatalogEvents,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// The audit trail (write-ahead intents, outcomes).
+    pub audit: Arc<AuditLog>,
+    /// The guard that sanitizes what upstreams send back.
+    pub guard: Arc<Guard>,
 }
 
 /// The MCP server for one client session.
@@ -77,6 +96,14 @@ struct SessionState {
     /// Stops this session's background tasks when the session ends.
     _stop: DropGuard,
     stop: CancellationToken,
+    /// Counts this session in `portcullis_sessions_open` while it lives.
+    metrics: Metrics,
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        self.metrics.session_closed();
+    }
 }
 
 // === impl SessionHandler ===
@@ -92,7 +119,9 @@ impl SessionHandler {
             log_level: std::sync::Mutex::new(None),
             _stop: stop.clone().drop_guard(),
             stop,
+            metrics: gateway.metrics.clone(),
         };
+        gateway.metrics.session_opened();
         Self { gateway, state: Arc::new(state) }
     }
 
@@ -127,39 +156,82 @@ impl SessionHandler {
         Ok(connection)
     }
 
-    /// Steps 2–4 of the module docs for one target: policy, then forward.
+    /// Steps 3–5 of the module docs for one target: policy, durable intent, forward.
     async fn forward(
         &self,
-        principal: &Principal,
+        ctx: &mut RequestCtx,
         target: Target<'_>,
         request: ClientRequest,
         context: &RequestContext<RoleServer>,
+        arguments: Option<Value>,
     ) -> Result<ServerResult, ErrorData> {
-        let grant = authorize(&self.gateway.policy, principal, target)?;
+        ctx.upstream = Some(Arc::from(target.upstream));
+        ctx.span.record_upstream(target.upstream);
+        let grant = match self.gateway.policy.decide(&ctx.principal, target) {
+            Decision::Allow(grant) => {
+                ctx.allow(&grant);
+                grant
+            }
+            Decision::DenyMissingScopes(scopes) => {
+                ctx.deny(None);
+                ctx.record_intent(&self.gateway, arguments).await?;
+                return Err(crate::policy::insufficient_scope_error(&scopes));
+            }
+            Decision::Deny { rule } => {
+                ctx.deny(rule.map(|r| r.to_string()));
+                ctx.record_intent(&self.gateway, arguments).await?;
+                return Err(hidden(target.kind, target.name));
+            }
+        };
+        // Write-ahead: the intent is durable before anything reaches the upstream.
+        ctx.record_intent(&self.gateway, arguments).await?;
         let upstream: Arc<str> = Arc::from(grant.upstream());
-        let connection = self.connection(&upstream, principal, context).await.map_err(|e| upstream_error(&e))?;
+        let connection = self.connection(&upstream, &ctx.principal, context).await.map_err(|e| upstream_error(&e))?;
+        let span = client_span(&upstream, ctx.method, Some(target.name));
+        let mut meta = context.meta.clone();
+        // The upstream continues the client's trace (params._meta here; the HTTP header is
+        // copied from it by the upstream HTTP client).
+        inject_meta(&span, &mut meta);
         let origin = Origin {
             request_id: Some(context.id.clone()),
-            meta: context.meta.clone(),
+            meta,
             target: format!("{}:{}/{}", target.kind.as_str(), target.upstream, target.name),
         };
-        let result = connection.forward(&grant, request, &origin).await;
+        let started = Instant::now();
+        let result = connection.forward(&grant, request, &origin).instrument(span.clone()).await;
+        self.gateway.metrics.record_upstream_call(&upstream, ctx.method, started.elapsed());
         result.map_err(|error| {
             if let upstream::Error::Unavailable { .. } = error {
                 tracing::warn!(%error, "upstream call failed");
             }
+            span.record_error(match error {
+                upstream::Error::Timeout { .. } => "timeout",
+                upstream::Error::Rpc { .. } => "upstream_error",
+                upstream::Error::Unavailable { .. } | upstream::Error::GrantMismatch { .. } => "unavailable",
+            });
             upstream_error(&error)
         })
     }
-}
 
-/// Step 3: a grant, or the error the client sees — step-up (`-32003` with the scopes, which
-/// the transport answers as HTTP 403) or the same error as an unknown target.
-fn authorize(policy: &Policy, principal: &Principal, target: Target<'_>) -> Result<Grant, ErrorData> {
-    match policy.decide(principal, target) {
-        Decision::Allow(grant) => Ok(grant),
-        Decision::DenyMissingScopes(scopes) => Err(crate::policy::insufficient_scope_error(&scopes)),
-        Decision::Deny { .. } => Err(hidden(target.kind, target.name)),
+    /// Answers a request the gateway handles itself (lists, `initialize`, `ping`,
+    /// `logging/setLevel`): allowed, audited, timed.
+    async fn local<T>(
+        &self,
+        method: &'static str,
+        context: &RequestContext<RoleServer>,
+        work: impl AsyncFnOnce(&mut RequestCtx) -> Result<T, ErrorData>,
+    ) -> Result<T, ErrorData> {
+        let mut ctx = RequestCtx::begin(method, None, context)?;
+        ctx.allow_local(method);
+        let span = ctx.span.clone();
+        let result = async {
+            ctx.record_intent(&self.gateway, None).await?;
+            work(&mut ctx).await
+        }
+        .instrument(span)
+        .await;
+        ctx.finish(&self.gateway, &result);
+        result
     }
 }
 
@@ -242,17 +314,17 @@ fn hidden(kind: TargetKind, name: &str) -> ErrorData {
     }
 }
 
-/// Step 1: the principal the transport put on the HTTP request.
-fn principal(context: &RequestContext<RoleServer>) -> Result<Principal, ErrorData> {
-    context
-        .extensions
-        .get::<http::request::Parts>()
-        .and_then(|parts| parts.extensions.get::<Principal>())
-        .cloned()
-        .ok_or_else(|| {
-            tracing::error!("request reached the router without a principal; refused");
-            ErrorData::internal_error("internal error", None)
-        })
+/// The error for a tool name that is not in the catalog: "definition changed; awaiting
+/// approval" (or the guard's reason) when the guard withholds a tool this principal could
+/// otherwise use, else exactly the unknown-tool error.
+fn withheld_or_unknown(gateway: &Gateway, principal: &Principal, name: &str) -> ErrorData {
+    let catalog = gateway.catalog.current();
+    if let Some((entry, reason)) = catalog.withheld_tool(name)
+        && gateway.policy.permits(principal, tool_target(gateway, entry))
+    {
+        return ErrorData::invalid_params(format!("Tool {name} is withheld: {reason}"), Some(serde_json::json!({"tool": name, "withheld": reason})));
+    }
+    hidden(TargetKind::Tool, name)
 }
 
 fn unexpected(upstream: &str) -> ErrorData {
@@ -293,10 +365,13 @@ impl ServerHandler for SessionHandler {
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
-        principal(&context)?;
-        context.peer.set_peer_info(request.clone());
-        let _ = self.state.client.set(request.clone());
-        self.negotiate_initialize(&request)
+        let client = request.clone();
+        self.local("initialize", &context, async |_ctx| {
+            context.peer.set_peer_info(client.clone());
+            let _ = self.state.client.set(client.clone());
+            self.negotiate_initialize(&client)
+        })
+        .await
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
@@ -324,8 +399,8 @@ impl ServerHandler for SessionHandler {
         });
     }
 
-    async fn ping(&self, _context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
-        Ok(())
+    async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        self.local("ping", &context, async |_ctx| Ok(())).await
     }
 
     async fn list_tools(
@@ -333,16 +408,18 @@ impl ServerHandler for SessionHandler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let principal = principal(&context)?;
-        let catalog = self.gateway.catalog.current();
-        let policy = &self.gateway.policy;
-        let tools = catalog
-            .tools()
-            .iter()
-            .filter(|e| policy.permits(&principal, tool_target(&self.gateway, e)))
-            .map(|e| e.item.clone())
-            .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+        self.local("tools/list", &context, async |ctx| {
+            let catalog = self.gateway.catalog.current();
+            let policy = &self.gateway.policy;
+            let tools = catalog
+                .tools()
+                .iter()
+                .filter(|e| policy.permits(&ctx.principal, tool_target(&self.gateway, e)))
+                .map(|e| e.item.clone())
+                .collect();
+            Ok(ListToolsResult::with_all_items(tools))
+        })
+        .await
     }
 
     async fn call_tool(
@@ -350,25 +427,33 @@ impl ServerHandler for SessionHandler {
         mut request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let principal = principal(&context)?;
-        let catalog = self.gateway.catalog.current();
-        let Some(entry) = catalog.tool(&request.name) else {
-            return Err(hidden(TargetKind::Tool, &request.name));
-        };
-        let target = tool_target(&self.gateway, entry);
-        let advertised = std::mem::replace(&mut request.name, entry.original.clone().into());
-        request.meta = None;
-        let forwarded = self.forward(&principal, target, ClientRequest::CallToolRequest(Request::new(request)), &context);
-        match forwarded.await {
-            Ok(ServerResult::CallToolResult(result)) => Ok(CallToolResponse::Complete(result)),
-            Ok(ServerResult::InputRequiredResult(result)) => Ok(CallToolResponse::InputRequired(result)),
-            Ok(ServerResult::CreateTaskResult(result)) => Ok(CallToolResponse::Task(result)),
-            Ok(other) => convert(other, &entry.upstream).map(CallToolResponse::Complete),
-            Err(error) => {
-                tracing::debug!(tool = %advertised, code = error.code.0, "tools/call failed");
-                Err(error)
-            }
+        let mut ctx = RequestCtx::begin("tools/call", Some(&request.name), &context)?;
+        let span = ctx.span.clone();
+        let result = async {
+            let catalog = self.gateway.catalog.current();
+            let arguments = request.arguments.clone().map(Value::Object);
+            let Some(entry) = catalog.tool(&request.name) else {
+                ctx.record_intent(&self.gateway, arguments).await?;
+                return Err(withheld_or_unknown(&self.gateway, &ctx.principal, &request.name));
+            };
+            let target = tool_target(&self.gateway, entry);
+            request.name = entry.original.clone().into();
+            request.meta = None;
+            let forwarded = self.forward(&mut ctx, target, ClientRequest::CallToolRequest(Request::new(request)), &context, arguments);
+            let mut result = match forwarded.await? {
+                ServerResult::CallToolResult(result) => result,
+                ServerResult::InputRequiredResult(result) => return Ok(CallToolResponse::InputRequired(result)),
+                ServerResult::CreateTaskResult(result) => return Ok(CallToolResponse::Task(result)),
+                other => convert(other, &entry.upstream)?,
+            };
+            // Step 6: what the model will read is sanitized before it leaves the gateway.
+            ctx.findings = Some(self.gateway.guard.sanitize_tool_result(&entry.upstream, &mut result));
+            Ok(CallToolResponse::Complete(result))
         }
+        .instrument(span)
+        .await;
+        ctx.finish(&self.gateway, &result);
+        result
     }
 
     async fn list_prompts(
@@ -376,16 +461,18 @@ impl ServerHandler for SessionHandler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let principal = principal(&context)?;
-        let catalog = self.gateway.catalog.current();
-        let policy = &self.gateway.policy;
-        let prompts = catalog
-            .prompts()
-            .iter()
-            .filter(|e| policy.permits(&principal, Target::new(TargetKind::Prompt, &e.upstream, &e.original)))
-            .map(|e| e.item.clone())
-            .collect();
-        Ok(ListPromptsResult::with_all_items(prompts))
+        self.local("prompts/list", &context, async |ctx| {
+            let catalog = self.gateway.catalog.current();
+            let policy = &self.gateway.policy;
+            let prompts = catalog
+                .prompts()
+                .iter()
+                .filter(|e| policy.permits(&ctx.principal, Target::new(TargetKind::Prompt, &e.upstream, &e.original)))
+                .map(|e| e.item.clone())
+                .collect();
+            Ok(ListPromptsResult::with_all_items(prompts))
+        })
+        .await
     }
 
     async fn get_prompt(
@@ -393,19 +480,31 @@ impl ServerHandler for SessionHandler {
         mut request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let principal = principal(&context)?;
-        let catalog = self.gateway.catalog.current();
-        let Some(entry) = catalog.prompt(&request.name) else {
-            return Err(hidden(TargetKind::Prompt, &request.name));
-        };
-        let target = Target::new(TargetKind::Prompt, &entry.upstream, &entry.original);
-        request.name = entry.original.clone();
-        request.meta = None;
-        match self.forward(&principal, target, ClientRequest::GetPromptRequest(Request::new(request)), &context).await? {
-            ServerResult::GetPromptResult(result) => Ok(GetPromptResponse::Complete(result)),
-            ServerResult::InputRequiredResult(result) => Ok(GetPromptResponse::InputRequired(result)),
-            other => convert(other, &entry.upstream).map(GetPromptResponse::Complete),
+        let mut ctx = RequestCtx::begin("prompts/get", Some(&request.name), &context)?;
+        let span = ctx.span.clone();
+        let result = async {
+            let catalog = self.gateway.catalog.current();
+            let arguments = request.arguments.clone().map(Value::Object);
+            let Some(entry) = catalog.prompt(&request.name) else {
+                ctx.record_intent(&self.gateway, arguments).await?;
+                return Err(hidden(TargetKind::Prompt, &request.name));
+            };
+            let target = Target::new(TargetKind::Prompt, &entry.upstream, &entry.original);
+            request.name = entry.original.clone();
+            request.meta = None;
+            let forwarded = self.forward(&mut ctx, target, ClientRequest::GetPromptRequest(Request::new(request)), &context, arguments);
+            let mut result = match forwarded.await? {
+                ServerResult::GetPromptResult(result) => result,
+                ServerResult::InputRequiredResult(result) => return Ok(GetPromptResponse::InputRequired(result)),
+                other => convert(other, &entry.upstream)?,
+            };
+            ctx.findings = Some(self.gateway.guard.sanitize_prompt(&entry.upstream, &mut result));
+            Ok(GetPromptResponse::Complete(result))
         }
+        .instrument(span)
+        .await;
+        ctx.finish(&self.gateway, &result);
+        result
     }
 
     async fn list_resources(
@@ -413,16 +512,18 @@ impl ServerHandler for SessionHandler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let principal = principal(&context)?;
-        let catalog = self.gateway.catalog.current();
-        let policy = &self.gateway.policy;
-        let resources = catalog
-            .resources()
-            .iter()
-            .filter(|e| policy.permits(&principal, Target::new(TargetKind::Resource, &e.upstream, &e.original)))
-            .map(|e| e.item.clone())
-            .collect();
-        Ok(ListResourcesResult::with_all_items(resources))
+        self.local("resources/list", &context, async |ctx| {
+            let catalog = self.gateway.catalog.current();
+            let policy = &self.gateway.policy;
+            let resources = catalog
+                .resources()
+                .iter()
+                .filter(|e| policy.permits(&ctx.principal, Target::new(TargetKind::Resource, &e.upstream, &e.original)))
+                .map(|e| e.item.clone())
+                .collect();
+            Ok(ListResourcesResult::with_all_items(resources))
+        })
+        .await
     }
 
     async fn list_resource_templates(
@@ -430,19 +531,21 @@ impl ServerHandler for SessionHandler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let principal = principal(&context)?;
-        let catalog = self.gateway.catalog.current();
-        let policy = &self.gateway.policy;
-        let templates = catalog
-            .templates()
-            .iter()
-            .filter(|e| {
-                let target = Target::new(TargetKind::Resource, &e.upstream, &e.item.uri_template);
-                policy.permits(&principal, target)
-            })
-            .map(|e| e.item.clone())
-            .collect();
-        Ok(ListResourceTemplatesResult::with_all_items(templates))
+        self.local("resources/templates/list", &context, async |ctx| {
+            let catalog = self.gateway.catalog.current();
+            let policy = &self.gateway.policy;
+            let templates = catalog
+                .templates()
+                .iter()
+                .filter(|e| {
+                    let target = Target::new(TargetKind::Resource, &e.upstream, &e.item.uri_template);
+                    policy.permits(&ctx.principal, target)
+                })
+                .map(|e| e.item.clone())
+                .collect();
+            Ok(ListResourceTemplatesResult::with_all_items(templates))
+        })
+        .await
     }
 
     async fn read_resource(
@@ -450,81 +553,135 @@ impl ServerHandler for SessionHandler {
         mut request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let principal = principal(&context)?;
         let uri = request.uri.clone();
-        let upstream = self.resource_upstream(&uri)?;
-        let target = Target::new(TargetKind::Resource, &upstream, &uri);
-        request.meta = None;
-        match self.forward(&principal, target, ClientRequest::ReadResourceRequest(Request::new(request)), &context).await? {
-            ServerResult::ReadResourceResult(result) => Ok(ReadResourceResponse::Complete(result)),
-            ServerResult::InputRequiredResult(result) => Ok(ReadResourceResponse::InputRequired(result)),
-            other => convert(other, &upstream).map(ReadResourceResponse::Complete),
+        let mut ctx = RequestCtx::begin("resources/read", Some(&uri), &context)?;
+        let span = ctx.span.clone();
+        let result = async {
+            let upstream = match self.resource_upstream(&uri) {
+                Ok(upstream) => upstream,
+                Err(error) => {
+                    ctx.record_intent(&self.gateway, None).await?;
+                    return Err(error);
+                }
+            };
+            let target = Target::new(TargetKind::Resource, &upstream, &uri);
+            request.meta = None;
+            let forwarded = self.forward(&mut ctx, target, ClientRequest::ReadResourceRequest(Request::new(request)), &context, None);
+            let mut result = match forwarded.await? {
+                ServerResult::ReadResourceResult(result) => result,
+                ServerResult::InputRequiredResult(result) => return Ok(ReadResourceResponse::InputRequired(result)),
+                other => convert(other, &upstream)?,
+            };
+            ctx.findings = Some(self.gateway.guard.sanitize_resource(&upstream, &mut result));
+            Ok(ReadResourceResponse::Complete(result))
         }
+        .instrument(span)
+        .await;
+        ctx.finish(&self.gateway, &result);
+        result
     }
 
-    #[allow(deprecated)]
     async fn subscribe(&self, request: SubscribeRequestParams, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
-        let principal = principal(&context)?;
         let uri = request.uri.clone();
-        let upstream = self.resource_upstream(&uri)?;
-        let target = Target::new(TargetKind::Resource, &upstream, &uri);
-        self.forward(&principal, target, ClientRequest::SubscribeRequest(Request::new(request)), &context).await?;
-        Ok(())
+        self.resource_call("resources/subscribe", &uri, ClientRequest::SubscribeRequest(Request::new(request)), &context).await
     }
 
-    #[allow(deprecated)]
     async fn unsubscribe(&self, request: UnsubscribeRequestParams, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
-        let principal = principal(&context)?;
         let uri = request.uri.clone();
-        let upstream = self.resource_upstream(&uri)?;
-        let target = Target::new(TargetKind::Resource, &upstream, &uri);
-        self.forward(&principal, target, ClientRequest::UnsubscribeRequest(Request::new(request)), &context).await?;
-        Ok(())
+        self.resource_call("resources/unsubscribe", &uri, ClientRequest::UnsubscribeRequest(Request::new(request)), &context).await
     }
 
     async fn complete(&self, mut request: CompleteRequestParams, context: RequestContext<RoleServer>) -> Result<CompleteResult, ErrorData> {
-        let principal = principal(&context)?;
-        let catalog = self.gateway.catalog.current();
-        let (kind, upstream, original) = match &request.r#ref {
-            Reference::Prompt(prompt) => {
-                let entry = catalog.prompt(&prompt.name).ok_or_else(|| hidden(TargetKind::Prompt, &prompt.name))?;
-                (TargetKind::Prompt, entry.upstream.clone(), entry.original.clone())
-            }
-            Reference::Resource(resource) => {
-                let upstream = self.resource_upstream(&resource.uri)?;
-                (TargetKind::Resource, upstream, resource.uri.clone())
-            }
-            _ => return Err(ErrorData::invalid_params("unsupported completion reference type", None)),
+        let target_name = match &request.r#ref {
+            Reference::Prompt(prompt) => prompt.name.clone(),
+            Reference::Resource(resource) => resource.uri.clone(),
+            _ => String::new(),
         };
-        if let Reference::Prompt(prompt) = &mut request.r#ref {
-            prompt.name = original.clone();
+        let mut ctx = RequestCtx::begin("completion/complete", Some(&target_name), &context)?;
+        let span = ctx.span.clone();
+        let result = async {
+            let catalog = self.gateway.catalog.current();
+            let resolved = match &request.r#ref {
+                Reference::Prompt(prompt) => catalog
+                    .prompt(&prompt.name)
+                    .map(|entry| (TargetKind::Prompt, entry.upstream.clone(), entry.original.clone()))
+                    .ok_or_else(|| hidden(TargetKind::Prompt, &prompt.name)),
+                Reference::Resource(resource) => {
+                    self.resource_upstream(&resource.uri).map(|upstream| (TargetKind::Resource, upstream, resource.uri.clone()))
+                }
+                _ => Err(ErrorData::invalid_params("unsupported completion reference type", None)),
+            };
+            let (kind, upstream, original) = match resolved {
+                Ok(resolved) => resolved,
+                Err(error) => {
+                    ctx.record_intent(&self.gateway, None).await?;
+                    return Err(error);
+                }
+            };
+            if let Reference::Prompt(prompt) = &mut request.r#ref {
+                prompt.name = original.clone();
+            }
+            request.meta = None;
+            let target = Target::new(kind, &upstream, &original);
+            let forwarded = self.forward(&mut ctx, target, ClientRequest::CompleteRequest(Request::new(request)), &context, None);
+            match forwarded.await? {
+                ServerResult::CompleteResult(result) => Ok(result),
+                other => convert(other, &upstream),
+            }
         }
-        request.meta = None;
-        let target = Target::new(kind, &upstream, &original);
-        match self.forward(&principal, target, ClientRequest::CompleteRequest(Request::new(request)), &context).await? {
-            ServerResult::CompleteResult(result) => Ok(result),
-            other => convert(other, &upstream),
-        }
+        .instrument(span)
+        .await;
+        ctx.finish(&self.gateway, &result);
+        result
     }
 
     async fn set_level(&self, request: SetLevelRequestParams, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
-        principal(&context)?;
-        *self.state.log_level.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(request.level);
-        // Apply to the upstreams this session already talks to; later ones get it on connect.
-        for (upstream, slot) in &self.state.connections {
-            let connection = slot.lock().await.clone();
-            if let Some(connection) = connection {
-                let request = ClientRequest::SetLevelRequest(Request::new(request.clone()));
-                if let Err(error) = connection.send_unscoped(request).await {
-                    tracing::debug!(%upstream, %error, "upstream refused logging/setLevel");
+        self.local("logging/setLevel", &context, async |_ctx| {
+            *self.state.log_level.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(request.level);
+            // Apply to the upstreams this session already talks to; later ones get it on connect.
+            for (upstream, slot) in &self.state.connections {
+                let connection = slot.lock().await.clone();
+                if let Some(connection) = connection {
+                    let request = ClientRequest::SetLevelRequest(Request::new(request.clone()));
+                    if let Err(error) = connection.send_unscoped(request).await {
+                        tracing::debug!(%upstream, %error, "upstream refused logging/setLevel");
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 }
 
 impl SessionHandler {
+    /// `resources/subscribe` and `resources/unsubscribe`: routed like a read.
+    async fn resource_call(
+        &self,
+        method: &'static str,
+        uri: &str,
+        request: ClientRequest,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let mut ctx = RequestCtx::begin(method, Some(uri), context)?;
+        let span = ctx.span.clone();
+        let result = async {
+            let upstream = match self.resource_upstream(uri) {
+                Ok(upstream) => upstream,
+                Err(error) => {
+                    ctx.record_intent(&self.gateway, None).await?;
+                    return Err(error);
+                }
+            };
+            let target = Target::new(TargetKind::Resource, &upstream, uri);
+            self.forward(&mut ctx, target, request, context, None).await.map(|_| ())
+        }
+        .instrument(span)
+        .await;
+        ctx.finish(&self.gateway, &result);
+        result
+    }
+
     fn resource_upstream(&self, uri: &str) -> Result<Arc<str>, ErrorData> {
         match self.gateway.catalog.current().route_resource(uri) {
             ResourceRoute::Upstream(upstream) => Ok(upstream),

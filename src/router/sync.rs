@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     catalog::{CatalogStore, Collision, UpstreamListing},
+    guard::{Guard, PinStore, PinVerdict, definition_hash},
+    telemetry::{ComponentHandle, Metrics},
     upstream::{self, CatalogEvent, CatalogEvents, Connection, RelayTarget, Upstream},
 };
 
@@ -42,6 +44,18 @@ pub struct CatalogSync {
     events_tx: mpsc::UnboundedSender<(Arc<str>, CatalogEvent)>,
     events_rx: mpsc::UnboundedReceiver<(Arc<str>, CatalogEvent)>,
     connections: HashMap<Arc<str>, Connection>,
+    vetting: Arc<Vetting>,
+    health: HashMap<Arc<str>, ComponentHandle>,
+    metrics: Option<Metrics>,
+}
+
+/// What a listing passes before it reaches the catalog: the guard's scan of each tool and
+/// prompt definition, and the pin store (rug-pull detection).
+pub struct Vetting {
+    /// The guard.
+    pub guard: Arc<Guard>,
+    /// Pinned tool definitions, `None` when no upstream pins.
+    pub pins: Option<PinStore>,
 }
 
 /// Longest wait between reconnection attempts to a down upstream.
@@ -51,9 +65,40 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl CatalogSync {
     /// A syncer for `upstreams` (configuration order) writing to `store`.
-    pub fn new(upstreams: Vec<Arc<Upstream>>, store: Arc<CatalogStore>, changes: broadcast::Sender<ListChanged>) -> Self {
+    pub fn new(
+        upstreams: Vec<Arc<Upstream>>,
+        store: Arc<CatalogStore>,
+        changes: broadcast::Sender<ListChanged>,
+        vetting: Vetting,
+    ) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        Self { upstreams, store, changes, events_tx, events_rx, connections: HashMap::new() }
+        Self {
+            upstreams,
+            store,
+            changes,
+            events_tx,
+            events_rx,
+            connections: HashMap::new(),
+            vetting: Arc::new(vetting),
+            health: HashMap::new(),
+            metrics: None,
+        }
+    }
+
+    /// Reports each upstream's catalog connection as a health component and a metric.
+    pub fn with_health(mut self, health: HashMap<Arc<str>, ComponentHandle>, metrics: Metrics) -> Self {
+        self.health = health;
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn report(&self, name: &Arc<str>, up: bool, detail: &str) {
+        if let Some(component) = self.health.get(name) {
+            if up { component.up() } else { component.down(detail) }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.set_upstream_up(name, up);
+        }
     }
 
     /// The sender client-session connections use to report list changes.
@@ -68,9 +113,10 @@ impl CatalogSync {
     pub async fn initial(&mut self) -> Result<Vec<UpstreamStatus>, Collision> {
         let attempts = self.upstreams.iter().map(|upstream| {
             let events = self.events_tx.clone();
+            let vetting = self.vetting.clone();
             async move {
                 let connection = upstream.connect(None, RelayTarget::Catalog(events), None).await?;
-                let listing = list(upstream, connection.peer()).await?;
+                let listing = list(upstream, connection.peer(), &vetting).await?;
                 Ok::<_, upstream::Error>((connection, listing))
             }
         });
@@ -87,6 +133,9 @@ impl CatalogSync {
                 Err(error) => statuses.push(UpstreamStatus { upstream: upstream.name().clone(), result: Err(error) }),
             }
         }
+        for status in &statuses {
+            self.report(&status.upstream, status.result.is_ok(), "unreachable at start");
+        }
         self.store.replace_all(listings, true)?;
         Ok(statuses)
     }
@@ -96,11 +145,20 @@ impl CatalogSync {
         let mut backoff: HashMap<Arc<str>, (Duration, tokio::time::Instant)> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pins_seen = self.pins_modified();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some((name, event)) = self.events_rx.recv() => self.relist(&name, Some(event)).await,
                 _ = tick.tick() => {
+                    // An operator approved (or reset) a pin: re-vet every upstream's tools.
+                    let pins_now = self.pins_modified();
+                    if pins_now != pins_seen {
+                        for upstream in self.upstreams.clone() {
+                            self.relist(upstream.name(), Some(CatalogEvent::ToolsChanged)).await;
+                        }
+                        pins_seen = self.pins_modified();
+                    }
                     let now = tokio::time::Instant::now();
                     let upstreams = self.upstreams.clone();
                     for upstream in &upstreams {
@@ -110,6 +168,7 @@ impl CatalogSync {
                             backoff.remove(name);
                             continue;
                         }
+                        self.report(name, false, "catalog session lost; reconnecting");
                         if self.connections.remove(name).is_some() {
                             tracing::warn!(upstream = %name, "upstream session lost; its entries stay listed, calls fail until it is back");
                         }
@@ -121,6 +180,7 @@ impl CatalogSync {
                             Ok(connection) => {
                                 tracing::info!(upstream = %name, "upstream reachable");
                                 self.connections.insert(name.clone(), connection);
+                                self.report(name, true, "");
                                 backoff.remove(name);
                                 self.relist(name, None).await;
                             }
@@ -139,13 +199,18 @@ impl CatalogSync {
         }
     }
 
+    fn pins_modified(&self) -> Option<std::time::SystemTime> {
+        let pins = self.vetting.pins.as_ref()?;
+        std::fs::metadata(pins.path()).and_then(|m| m.modified()).ok()
+    }
+
     async fn relist(&mut self, name: &Arc<str>, event: Option<CatalogEvent>) {
         let (Some(upstream), Some(connection)) =
             (self.upstreams.iter().find(|u| u.name() == name), self.connections.get(name))
         else {
             return;
         };
-        match list(upstream, connection.peer()).await {
+        match list(upstream, connection.peer(), &self.vetting).await {
             Ok(listing) => {
                 self.store.update(name, Some(listing));
                 let changes: &[ListChanged] = match event {
@@ -163,8 +228,54 @@ impl CatalogSync {
     }
 }
 
-/// Lists everything an upstream advertises (all pages), within its request timeout.
-async fn list(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<UpstreamListing, upstream::Error> {
+/// Lists everything an upstream advertises (all pages), within its request timeout, and
+/// vets it.
+async fn list(upstream: &Upstream, peer: &Peer<RoleClient>, vetting: &Vetting) -> Result<UpstreamListing, upstream::Error> {
+    let mut listing = fetch(upstream, peer).await?;
+    vet(upstream.name(), &mut listing, vetting);
+    Ok(listing)
+}
+
+/// Withholds flagged tool and prompt definitions, and tools whose pinned definition changed.
+fn vet(upstream: &str, listing: &mut UpstreamListing, vetting: &Vetting) {
+    let pin = vetting.pins.as_ref().filter(|_| vetting.guard.policy(upstream).pin_definitions());
+    let tools = std::mem::take(&mut listing.tools);
+    for tool in tools {
+        let scan = vetting.guard.scan_tool(upstream, &tool);
+        if scan.withhold {
+            let rules: Vec<&str> = scan.findings.iter().map(|f| f.rule).collect();
+            tracing::warn!(upstream, tool = %tool.name, ?rules, "tool definition flagged by the guard; withheld");
+            listing.withheld_tools.push((tool, "definition flagged by the guard".to_owned()));
+            continue;
+        }
+        let verdict = match pin {
+            Some(store) => store.check(upstream, &tool.name, &definition_hash(&tool)),
+            None => Ok(PinVerdict::Allowed),
+        };
+        match verdict {
+            Ok(PinVerdict::Allowed | PinVerdict::FirstSeen) => listing.tools.push(tool),
+            Ok(PinVerdict::Changed) => {
+                tracing::warn!(upstream, tool = %tool.name, "tool definition changed since it was pinned; withheld until `portcullis tools approve`");
+                listing.withheld_tools.push((tool, "definition changed; awaiting approval".to_owned()));
+            }
+            Err(error) => {
+                // Fail closed: an unreadable pin store cannot vouch for any definition.
+                tracing::error!(upstream, tool = %tool.name, %error, "pin store unavailable; tool withheld");
+                listing.withheld_tools.push((tool, "definition could not be checked".to_owned()));
+            }
+        }
+    }
+    listing.prompts.retain(|prompt| {
+        let scan = vetting.guard.scan_prompt(upstream, prompt);
+        if scan.withhold {
+            tracing::warn!(upstream, prompt = %prompt.name, "prompt definition flagged by the guard; withheld");
+        }
+        !scan.withhold
+    });
+}
+
+/// Fetches every page of the upstream's lists.
+async fn fetch(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<UpstreamListing, upstream::Error> {
     let timeout = upstream.settings().request_timeout;
     let name = upstream.name().clone();
     let capabilities = peer.peer_info().map(|info| info.capabilities.clone()).unwrap_or_default();
@@ -183,6 +294,7 @@ async fn list(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<UpstreamLi
             prompts,
             resources,
             templates,
+            withheld_tools: Vec::new(),
         })
     };
     match tokio::time::timeout(timeout, work).await {

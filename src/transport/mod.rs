@@ -104,7 +104,6 @@ pub fn app(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(metadata::jwks))
         // Token requests are small forms; cap them well below the MCP body cap.
         .route("/oauth/token", axum::routing::post(metadata::token).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)))
-        .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
 
@@ -119,7 +118,10 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
     let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let principal = match state.resource_server.authenticate(authorization).await {
         Ok(principal) => principal,
-        Err(error) => return unauthorized(&state.settings, error),
+        Err(error) => {
+            state.gateway.metrics.record_auth_rejection(error.reason());
+            return unauthorized(&state.settings, error);
+        }
     };
     // 3. Session binding.
     let session_id = request.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -157,6 +159,7 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
         if let Some(method) = envelope.method.as_deref()
             && let Some(missing) = state.gateway.preflight(&principal, method, envelope.params.as_ref())
         {
+            state.gateway.metrics.record_policy_denial("insufficient_scope");
             return insufficient_scope(&state.settings, &missing, envelope.id.unwrap_or(Value::Null));
         }
         Body::from(bytes)

@@ -22,7 +22,7 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-fn harness() -> Harness {
+async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let overrides = Overrides { data_dir: Some(dir.path().to_owned()), ..Overrides::default() };
     let mut config = Config::load(None, &HashMap::new(), &overrides).unwrap();
@@ -31,7 +31,11 @@ fn harness() -> Harness {
     let key = SigningKey::load_or_generate(dir.path()).unwrap();
     let issuer = Arc::new(EmbeddedIssuer::new(key, settings.auth.issuer.clone(), settings.resource.clone(), Duration::from_secs(3600)));
     let resource_server = Arc::new(ResourceServer::new(vec![crate::auth::TrustedIssuer::embedded(issuer.clone(), &settings.resource, Duration::from_secs(3600))], Duration::from_secs(30)));
+    let audit = Arc::new(crate::audit::AuditLog::open(&settings.audit, issuer.clone()).await.unwrap());
     let gateway = Arc::new(Gateway {
+        metrics: crate::telemetry::Metrics::new(),
+        audit,
+        guard: settings.guard.clone(),
         settings,
         policy: Policy::default(),
         catalog: Arc::new(CatalogStore::new(vec![])),
@@ -81,7 +85,7 @@ fn error_code(body: &str) -> i64 {
 
 #[tokio::test]
 async fn missing_token_gets_401_with_resource_metadata_and_scope() {
-    let h = harness();
+    let h = harness().await;
     let (status, headers, _) = h.post(None, None, initialize(), &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let challenge = headers["www-authenticate"].to_str().unwrap();
@@ -93,7 +97,7 @@ async fn missing_token_gets_401_with_resource_metadata_and_scope() {
 
 #[tokio::test]
 async fn bad_token_gets_invalid_token_and_is_not_echoed() {
-    let h = harness();
+    let h = harness().await;
     let (status, headers, body) = h.post(Some("eyJhbGciOiJub25lIn0.e30."), None, initialize(), &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(headers["www-authenticate"].to_str().unwrap().contains(r#"error="invalid_token""#));
@@ -102,7 +106,7 @@ async fn bad_token_gets_invalid_token_and_is_not_echoed() {
 
 #[tokio::test]
 async fn bad_origin_and_host_get_403_before_authentication() {
-    let h = harness();
+    let h = harness().await;
     let (status, _, body) = h.post(None, None, initialize(), &[("origin", "http://evil.example.com")]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(error_code(&body), -32000);
@@ -116,7 +120,7 @@ async fn bad_origin_and_host_get_403_before_authentication() {
 
 #[tokio::test]
 async fn oversized_body_gets_413_and_malformed_json_400() {
-    let h = harness();
+    let h = harness().await;
     let token = h.token("alice", &["mcp:tools"]);
     let (status, _, body) = h.post(Some(&token), None, "x".repeat(2048), &[]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -134,7 +138,7 @@ async fn oversized_body_gets_413_and_malformed_json_400() {
 /// real catalog is covered end to end in tests/integration.rs.
 #[tokio::test]
 async fn unknown_target_is_not_a_step_up() {
-    let h = harness();
+    let h = harness().await;
     let token = h.token("alice", &["mcp:resources"]);
     let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x__y"}}).to_string();
     let (status, headers, _) = h.post(Some(&token), None, call, &[]).await;
@@ -144,7 +148,7 @@ async fn unknown_target_is_not_a_step_up() {
 
 #[tokio::test]
 async fn session_is_bound_to_its_subject() {
-    let h = harness();
+    let h = harness().await;
     let alice = h.token("alice", &["mcp:tools"]);
     let (status, headers, _) = h.post(Some(&alice), None, initialize(), &[]).await;
     assert_eq!(status, StatusCode::OK);
@@ -163,7 +167,7 @@ async fn session_is_bound_to_its_subject() {
 
 #[tokio::test]
 async fn metadata_documents_are_published() {
-    let h = harness();
+    let h = harness().await;
     for path in ["/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"] {
         let request = Request::get(path).body(Body::empty()).unwrap();
         let response = h.app.clone().oneshot(request).await.unwrap();

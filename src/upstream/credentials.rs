@@ -367,6 +367,19 @@ impl GatewayHttpClient {
     }
 }
 
+/// W3C trace context of the message (`params._meta.traceparent`/`tracestate`, set from the
+/// client span by the router), copied into the HTTP headers so the upstream sees it both ways.
+fn trace_headers(message: &ClientJsonRpcMessage, headers: &mut HashMap<HeaderName, HeaderValue>) {
+    use rmcp::model::GetMeta as _;
+    let JsonRpcMessage::Request(request) = message else { return };
+    let meta = request.request.get_meta();
+    for (name, value) in [("traceparent", meta.get_traceparent()), ("tracestate", meta.get_tracestate())] {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
 fn call_context(message: &ClientJsonRpcMessage) -> Option<CallContext> {
     match message {
         JsonRpcMessage::Request(request) => request.request.extensions().get::<CallContext>().cloned(),
@@ -386,6 +399,7 @@ impl StreamableHttpClient for GatewayHttpClient {
         mut custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         self.decorate(&mut custom_headers, call_context(&message).as_ref()).await?;
+        trace_headers(&message, &mut custom_headers);
         self.http.post_message(uri, message, session_id, auth_header, custom_headers).await
     }
 
@@ -399,6 +413,7 @@ impl StreamableHttpClient for GatewayHttpClient {
         max_sse_event_size: usize,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         self.decorate(&mut custom_headers, call_context(&message).as_ref()).await?;
+        trace_headers(&message, &mut custom_headers);
         self.http
             .post_message_with_max_sse_event_size(uri, message, session_id, auth_header, custom_headers, max_sse_event_size)
             .await
