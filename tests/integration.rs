@@ -6,6 +6,8 @@
 mod common;
 #[path = "integration/oauth.rs"]
 mod oauth;
+#[path = "integration/pipeline.rs"]
+mod pipeline;
 
 use std::time::{Duration, Instant};
 

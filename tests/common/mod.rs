@@ -212,11 +212,13 @@ impl Gateway {
         issuer.mint(&request).unwrap()
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the gateway; returns its data dir, which lives on for inspection.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+        self.data_dir
     }
 }
 
