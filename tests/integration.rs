@@ -8,6 +8,8 @@ mod common;
 mod oauth;
 #[path = "integration/pipeline.rs"]
 mod pipeline;
+#[path = "integration/traces.rs"]
+mod traces;
 
 use std::time::{Duration, Instant};
 
