@@ -58,7 +58,16 @@ async fn drop_postgres(url: &str) {
     let (_, name) = url.rsplit_once('/').unwrap();
     let base = postgres_base().unwrap();
     let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
+    // `WITH (FORCE)` cannot end another role's backend without superuser rights, and a
+    // closed pool's backends may take a moment to exit: retry briefly. Clean-up only — a
+    // database left behind is harmless, so it never fails the test.
+    for _ in 0..20 {
+        if admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("test database {name} left behind (still in use)");
 }
 
 fn issuer(dir: &TempDir) -> Arc<EmbeddedIssuer> {
@@ -373,7 +382,8 @@ async fn postgres_least_privilege_role() {
     assert!(matches!(verify(&db, &keys).await, VerifyOutcome::Intact(r) if r.rows == 6));
     drop_postgres(&db.url).await;
     let mut admin = sqlx::PgConnection::connect(&postgres_base().unwrap()).await.unwrap();
-    admin.execute(format!("DROP ROLE {role}").as_str()).await.unwrap();
+    // The role goes once its database is gone; clean-up only, as above.
+    let _ = admin.execute(format!("DROP ROLE IF EXISTS {role}").as_str()).await;
 }
 
 /// `portcullis audit verify` and `export` on the default SQLite store of a data dir, and
