@@ -12,4 +12,4 @@ fi
 # Plain `cargo test` also builds the examples as binaries (target/debug/examples/), which the
 # end-to-end tests start as upstream processes; `--all-targets` would build them as test
 # harnesses instead. Lints cover every target (.ci/run runs clippy --all-targets).
-exec cargo test "$@"
+exec cargo test --no-fail-fast "$@"
