@@ -24,8 +24,10 @@ done
 cargo build --release --locked -p portcullis --bin portcullis --example conformance_fixture
 cargo build --release --locked -p portcullis-bench
 
-export PORTCULLIS_BENCH_COMMAND="bench/run.sh${*:+ $*}"
+recorded="bench/run.sh"
+if (($#)); then recorded+=$(printf ' %q' "$@"); fi
 exec "$target/release/portcullis-bench" \
+    --recorded-command "$recorded" \
     --portcullis "$target/release/portcullis" \
     --fixture "$target/release/examples/conformance_fixture" \
     "${args[@]}"

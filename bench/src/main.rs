@@ -119,6 +119,10 @@ struct Args {
     /// Keep the work directory (configs, logs) instead of deleting it.
     #[arg(long)]
     keep_workdir: bool,
+    /// The command line to print in the report (bench/run.sh passes its own); default: this
+    /// process's arguments.
+    #[arg(long, hide = true)]
+    recorded_command: Option<String>,
 }
 
 /// One set-up of the comparison.
@@ -285,7 +289,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     let workdir = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
-    let machine = report::Machine::collect(&args.portcullis, procs::which(&args.nginx).as_deref());
+    let machine = report::Machine::collect(&args.portcullis, procs::which(&args.nginx).as_deref(), args.recorded_command.clone());
     let result = measure(args, &workdir).await;
     if args.keep_workdir {
         eprintln!("work directory kept: {}", workdir.display());

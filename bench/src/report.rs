@@ -30,7 +30,7 @@ pub(crate) struct Machine {
 
 impl Machine {
     /// Reads everything but the load average at the end.
-    pub(crate) fn collect(portcullis: &Path, nginx: Option<&Path>) -> Self {
+    pub(crate) fn collect(portcullis: &Path, nginx: Option<&Path>, command: Option<String>) -> Self {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let output = |program: &Path, args: &[&str]| {
             std::process::Command::new(program)
@@ -45,7 +45,7 @@ impl Machine {
         let memory = read("/proc/meminfo").lines().next().and_then(|l| l.split_ascii_whitespace().nth(1)?.parse::<u64>().ok()).map_or_else(String::new, |kib| format!("{:.1} GiB", kib as f64 / 1048576.0));
         let git = output(Path::new("git"), &["rev-parse", "--short", "HEAD"]);
         let dirty = !output(Path::new("git"), &["status", "--porcelain", "--untracked-files=no"]).is_empty();
-        let command = std::env::var("PORTCULLIS_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+        let command = command.unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
         Self {
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             nproc: std::thread::available_parallelism().map_or(0, usize::from),
