@@ -11,15 +11,17 @@
 //!
 //! - `echo {text}` returns `text`; `large_result {bytes}` returns that many `x` characters;
 //! - `slow {seconds}` sleeps, then returns `done` (it stops early if the call is cancelled);
-//! - `whoami_headers` returns, as JSON text, the HTTP request headers of its own `tools/call`.
+//! - `whoami_headers` returns, as JSON text, the HTTP request headers of its own `tools/call`;
+//! - with `--extra-tools N`, `N` synthetic tools `extra_000`, `extra_001`, … (each returns its
+//!   own name), for benchmarks of large catalogs (`bench/`, "10 upstreams × 100 tools").
 //!
 //! With `FIXTURE_RECORD_HEADERS=/path/file.jsonl` set, every HTTP request to `/mcp` is appended
 //! to that file as one JSON line, `{"method": ..., "headers": {...}}`, so tests can assert what
 //! an upstream behind the gateway received.
 //!
-//! Usage: `conformance_fixture --listen 127.0.0.1:PORT`. Once bound, the fixture prints exactly
-//! one line, `listening on http://ADDR/mcp`, to stdout; diagnostics go to stderr. It exits
-//! cleanly on SIGTERM or Ctrl-C.
+//! Usage: `conformance_fixture --listen 127.0.0.1:PORT [--extra-tools N]`. Once bound, the
+//! fixture prints exactly one line, `listening on http://ADDR/mcp`, to stdout; diagnostics go
+//! to stderr. It exits cleanly on SIGTERM or Ctrl-C.
 
 // Logging, sampling and `resources/subscribe` are deprecated by SEP-2577 (2026-07-28), but the
 // 2025-x conformance scenarios this fixture serves require all three.
@@ -43,6 +45,7 @@ use axum::{
     extract::{Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
+    serve::ListenerExt as _,
 };
 use clap::Parser;
 use futures::Stream;
@@ -108,6 +111,9 @@ struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
+    /// Number of synthetic `extra_NNN` tools to add to the catalog (benchmarks).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    extra_tools: usize,
 }
 
 #[tokio::main]
@@ -131,11 +137,13 @@ async fn main() -> anyhow::Result<()> {
         .with_cancellation_token(shutdown.child_token());
     let handler_manager = Arc::clone(&manager);
     let (list_changes, _) = broadcast::channel(16);
+    let extra_tools: Arc<[Tool]> = extra_tools(args.extra_tools).into();
     let service = StreamableHttpService::new(
         move || {
             Ok(Fixture::new(
                 Arc::clone(&handler_manager),
                 list_changes.clone(),
+                Arc::clone(&extra_tools),
             ))
         },
         Arc::clone(&manager),
@@ -161,6 +169,14 @@ async fn main() -> anyhow::Result<()> {
         async move {
             wait_for_signal().await;
             shutdown.cancel();
+        }
+    });
+    // TCP_NODELAY: a streamable-HTTP answer is written in small pieces (headers, priming
+    // event, message); with Nagle's algorithm each small write after the first waits for the
+    // client's delayed ACK, about 40 ms on Linux.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            eprintln!("conformance_fixture: cannot set TCP_NODELAY: {error}");
         }
     });
     let server =
@@ -484,6 +500,8 @@ struct Fixture {
     log_level: Mutex<Option<LoggingLevel>>,
     /// Resource URIs this session subscribed to.
     subscriptions: Mutex<HashSet<String>>,
+    /// The `--extra-tools` synthetic tools, shared by all instances.
+    extra_tools: Arc<[Tool]>,
 }
 
 impl Fixture {
@@ -491,12 +509,14 @@ impl Fixture {
     fn new(
         manager: Arc<FixtureSessionManager>,
         list_changes: broadcast::Sender<ListChange>,
+        extra_tools: Arc<[Tool]>,
     ) -> Self {
         Self {
             manager,
             list_changes,
             log_level: Mutex::new(None),
             subscriptions: Mutex::default(),
+            extra_tools,
         }
     }
 
@@ -981,6 +1001,30 @@ fn tools() -> Vec<Tool> {
     ]
 }
 
+/// `count` synthetic tools for catalog-size benchmarks, shaped like real ones: a sentence of
+/// description and a two-property input schema. Each returns its own name.
+fn extra_tools(count: usize) -> Vec<Tool> {
+    (0..count)
+        .map(|index| {
+            Tool::new(
+                format!("extra_{index:03}"),
+                format!(
+                    "Synthetic tool {index} for catalog-size benchmarks: looks up records matching \
+                     a query in an imaginary index and returns its own name"
+                ),
+                schema(json!({
+                    "type": "object",
+                    "properties": {
+                        "query": {"type": "string", "description": "What to look for"},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 100, "description": "Most results to return"},
+                    },
+                    "required": ["query"],
+                })),
+            )
+        })
+        .collect()
+}
+
 /// The request of `test_elicitation_sep1034_defaults`.
 fn sep1034_defaults_request() -> Value {
     json!({
@@ -1133,11 +1177,21 @@ impl ServerHandler for Fixture {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(tools()))
+        let mut all = tools();
+        all.extend(self.extra_tools.iter().cloned());
+        Ok(ListToolsResult::with_all_items(all))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools().into_iter().find(|tool| tool.name == name)
+        tools()
+            .into_iter()
+            .find(|tool| tool.name == name)
+            .or_else(|| {
+                self.extra_tools
+                    .iter()
+                    .find(|tool| tool.name == name)
+                    .cloned()
+            })
     }
 
     async fn call_tool(
@@ -1230,6 +1284,7 @@ impl ServerHandler for Fixture {
                 }
             }
             "whoami_headers" => Self::whoami_headers(&context),
+            name if self.extra_tools.iter().any(|tool| tool.name == name) => text_result(name),
             name => {
                 return Err(ErrorData::invalid_params(
                     format!("Unknown tool: {name}"),

@@ -92,7 +92,16 @@ pub struct Principal {
 pub struct ResourceServer {
     issuers: Vec<TrustedIssuer>,
     leeway: u64,
+    /// Recently validated tokens (SHA-256 of the token → principal, valid-until).
+    cache: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Principal, u64)>>,
 }
+
+/// How long a validated token is trusted without checking its signature again, in seconds.
+/// A key removed from an issuer's JWKS stops being honoured for tokens already seen after at
+/// most this long; expiry is still checked on every request.
+pub const VALIDATION_CACHE_SECS: u64 = 30;
+/// Most cached validations; the cache is cleared when full (tokens are re-verified).
+const VALIDATION_CACHE_MAX: usize = 10_000;
 
 /// One authorization server whose tokens are accepted, with its validation rules.
 pub struct TrustedIssuer {
@@ -277,7 +286,7 @@ impl ResourceServer {
                 issuer
             })
             .collect();
-        Self { issuers, leeway: leeway_secs }
+        Self { issuers, leeway: leeway_secs, cache: std::sync::Mutex::new(std::collections::HashMap::new()) }
     }
 
     /// The trusted issuers' identifiers (published in RFC 9728 metadata).
@@ -291,6 +300,33 @@ impl ResourceServer {
     /// An [`Error`] naming why the token is refused; the caller answers 401.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Error> {
         let token = bearer_token(authorization).ok_or(Error::Missing)?;
+        // Signature verification dominates the cost of a request; a token seen moments ago
+        // is trusted for VALIDATION_CACHE_SECS, its expiry still checked every time.
+        let digest: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref().try_into().unwrap_or([0; 32]);
+        let now = issuer::unix_now();
+        {
+            let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((principal, until)) = cache.get(&digest)
+                && now < *until
+            {
+                return Ok(principal.clone());
+            }
+        }
+        let principal = self.validate(token).await?;
+        let until = (principal.expires_at + self.leeway).min(now + VALIDATION_CACHE_SECS);
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= VALIDATION_CACHE_MAX {
+            cache.retain(|_, (_, until)| now < *until);
+            if cache.len() >= VALIDATION_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (principal.clone(), until));
+        Ok(principal)
+    }
+
+    /// Full validation of one token (no cache).
+    async fn validate(&self, token: &str) -> Result<Principal, Error> {
         let (header, payload) = peek(token)?;
         // RFC 8725 §3.1: decide the algorithm before any cryptography; `none` and HMAC
         // (key confusion with a public key) never verify, whatever the issuer.

@@ -108,6 +108,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Audit trail settings (`[audit]`).
     pub audit: crate::audit::AuditSettings,
+    /// `false` when `[audit] url = "none"`: no trail is written (never the default).
+    pub audit_enabled: bool,
     /// The guard, built (and so validated) from `[guard]` and each `[upstream.guard]`.
     pub guard: std::sync::Arc<crate::guard::Guard>,
 }
@@ -418,7 +420,14 @@ impl Settings {
         auth.scopes_supported = crate::policy::Policy::from_rules(policy.clone()).scopes_supported();
 
         let data_dir = config.data_dir.unwrap_or_else(|| PathBuf::from(raw::DEFAULT_DATA_DIR));
-        let audit = crate::audit::AuditSettings::from_config(&config.audit, &data_dir).map_err(|e| match e {
+        // `[audit] url = "none"` turns the trail off (benchmarks, throwaway set-ups); the
+        // gateway says so loudly at every start.
+        let audit_enabled = config.audit.url.as_deref() != Some("none");
+        let mut audit_config = config.audit.clone();
+        if !audit_enabled {
+            audit_config.url = None;
+        }
+        let audit = crate::audit::AuditSettings::from_config(&audit_config, &data_dir).map_err(|e| match e {
             crate::audit::Error::Config { key, reason } => Error::Invalid { key, reason },
             other => Error::Invalid { key: "audit".into(), reason: other.to_string() },
         })?;
@@ -440,6 +449,7 @@ impl Settings {
             policy,
             telemetry,
             audit,
+            audit_enabled,
         })
     }
 

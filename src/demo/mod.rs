@@ -155,6 +155,10 @@ pub fn spawn(listener: TcpListener, cancel: CancellationToken) -> std::io::Resul
     let service = StreamableHttpService::new(|| Ok(DemoServer), Arc::new(LocalSessionManager::default()), config);
     let app = axum::Router::new().nest_service("/mcp", service);
     tokio::spawn(async move {
+        // TCP_NODELAY, as for the gateway's own listener (see `crate::run`).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await;
         if let Err(error) = served {
             tracing::error!(%error, "demo upstream stopped");

@@ -130,7 +130,8 @@ impl RequestCtx {
             decision,
             rule,
         };
-        match gateway.audit.intent(record).await {
+        let Some(audit) = &gateway.audit else { return Ok(()) };
+        match audit.intent(record).await {
             Ok(handle) => {
                 self.audit = Some(handle);
                 Ok(())

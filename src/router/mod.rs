@@ -77,8 +77,8 @@ pub struct Gateway {
     pub catalog_events: upstream::CatalogEvents,
     /// Prometheus metrics.
     pub metrics: Metrics,
-    /// The audit trail (write-ahead intents, outcomes).
-    pub audit: Arc<AuditLog>,
+    /// The audit trail (write-ahead intents, outcomes); `None` only when `[audit] url = "none"`.
+    pub audit: Option<Arc<AuditLog>>,
     /// The guard that sanitizes what upstreams send back.
     pub guard: Arc<Guard>,
 }

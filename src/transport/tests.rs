@@ -34,7 +34,7 @@ async fn harness() -> Harness {
     let audit = Arc::new(crate::audit::AuditLog::open(&settings.audit, issuer.clone()).await.unwrap());
     let gateway = Arc::new(Gateway {
         metrics: crate::telemetry::Metrics::new(),
-        audit,
+        audit: Some(audit),
         guard: settings.guard.clone(),
         settings,
         policy: Policy::default(),

@@ -15,7 +15,9 @@
 //! §4.1), `aud` = the upstream's configured audience, `client_id`, `scope` narrowed to what
 //! the call needed, `jti`, `sid` = SHA-256 of the client's MCP session id, `orig_iss` = the
 //! caller's token issuer. Explicitly typed `portcullis-identity+jwt` (RFC 8725 §3.11) so it
-//! can never pass for an access token.
+//! can never pass for an access token. An assertion is reused for the same caller, scope and
+//! target while more than half its lifetime remains (signing dominates a call's CPU), so
+//! its `jti` identifies the assertion, not the call.
 //!
 //! Both are added per HTTP request by [`GatewayHttpClient`], rmcp's HTTP client for the
 //! upstream. Invariant: it adds only these headers; nothing from the client's request is
@@ -247,6 +249,10 @@ pub struct GatewayHttpClient {
     identity_header: Option<HeaderName>,
     audience: Arc<str>,
     ttl: Duration,
+    /// Assertions already minted on this connection, by narrowed scope and target, reused
+    /// while more than half their lifetime remains (signing is a large share of a call's
+    /// CPU). Per connection, so per caller.
+    minted: Arc<std::sync::Mutex<HashMap<(String, String), (HeaderValue, Instant)>>>,
 }
 
 // === impl GatewayHttpClient ===
@@ -268,6 +274,7 @@ impl GatewayHttpClient {
             identity_header: settings.identity_header.clone(),
             audience: Arc::from(settings.identity_audience.as_str()),
             ttl: settings.identity_ttl,
+            minted: Arc::default(),
         }
     }
 
@@ -301,6 +308,27 @@ impl GatewayHttpClient {
                 None
             }
         }
+    }
+
+    /// The identity assertion header for `call`, reused from this connection's cache while
+    /// more than half its lifetime remains, else freshly minted.
+    fn cached_assertion(&self, identity: &SessionIdentity, call: Option<&CallContext>) -> Option<HeaderValue> {
+        let key = call.map(|c| (c.scopes.join(" "), c.target.clone())).unwrap_or_default();
+        let now = Instant::now();
+        let mut minted = self.minted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((value, fresh_until)) = minted.get(&key)
+            && now < *fresh_until
+        {
+            return Some(value.clone());
+        }
+        let token = self.assertion(identity, &self.audience, call)?;
+        let mut value = HeaderValue::from_str(&token).ok()?;
+        value.set_sensitive(true);
+        if minted.len() > 256 {
+            minted.clear();
+        }
+        minted.insert(key, (value.clone(), now + self.ttl / 2));
+        Some(value)
     }
 
     /// An assertion naming the gateway itself (no caller), for the catalog connection.
@@ -357,10 +385,8 @@ impl GatewayHttpClient {
             headers.insert(name, value);
         }
         if let (Some(name), Some(identity)) = (&self.identity_header, &self.identity)
-            && let Some(token) = self.assertion(identity, &self.audience, call)
-            && let Ok(mut value) = HeaderValue::from_str(&token)
+            && let Some(value) = self.cached_assertion(identity, call)
         {
-            value.set_sensitive(true);
             headers.insert(name.clone(), value);
         }
         Ok(())
