@@ -252,8 +252,11 @@ pub struct GatewayHttpClient {
     /// Assertions already minted on this connection, by narrowed scope and target, reused
     /// while more than half their lifetime remains (signing is a large share of a call's
     /// CPU). Per connection, so per caller.
-    minted: Arc<std::sync::Mutex<HashMap<(String, String), (HeaderValue, Instant)>>>,
+    minted: Arc<std::sync::Mutex<MintedAssertions>>,
 }
+
+/// (scope, target) → (assertion header, reuse-until).
+type MintedAssertions = HashMap<(String, String), (HeaderValue, Instant)>;
 
 // === impl GatewayHttpClient ===
 
