@@ -79,7 +79,7 @@ pub(crate) struct MachineCpu {
 /// TODO(readiness): switch to `/readyz` once the gateway has it (issue 7 asks for start →
 /// `/readyz`). Today `/healthz` answers only once `run` has connected the upstreams and
 /// built the catalog (the listener is bound earlier but served only then), which is close.
-pub(crate) const READY_PATH: &str = "/healthz";
+pub(crate) const READY_PATH: &str = "/readyz";
 
 // === impl Proc ===
 
