@@ -93,7 +93,13 @@ pub fn embedded_issuer(settings: &Settings) -> anyhow::Result<EmbeddedIssuer> {
 /// Builds the trusted issuers: the embedded one (unless disabled) and each external one,
 /// whose keys are fetched now (a failure is logged and retried on demand: its tokens are
 /// refused meanwhile) and refreshed in the background until `stop`.
-async fn trusted_issuers(settings: &Settings, embedded: &Arc<EmbeddedIssuer>, http: &reqwest::Client, stop: &CancellationToken) -> Vec<TrustedIssuer> {
+async fn trusted_issuers(
+    settings: &Settings,
+    embedded: &Arc<EmbeddedIssuer>,
+    http: &reqwest::Client,
+    stop: &CancellationToken,
+    health: &telemetry::Health,
+) -> Vec<TrustedIssuer> {
     let mut issuers = Vec::new();
     if settings.auth.embedded_issuer {
         issuers.push(TrustedIssuer::embedded(embedded.clone(), &settings.resource, settings.auth.max_token_ttl));
@@ -104,7 +110,21 @@ async fn trusted_issuers(settings: &Settings, embedded: &Arc<EmbeddedIssuer>, ht
             Ok(keys) => tracing::info!(issuer = %issuer.issuer, keys, "external issuer keys loaded"),
             Err(error) => tracing::error!(issuer = %issuer.issuer, %error, "external issuer keys unavailable; its tokens are refused until they load"),
         }
-        tokio::spawn(cache.clone().run(issuer.jwks_refresh_interval, stop.child_token()));
+        // The refresher is a supervised background task: restarted with backoff if it ever
+        // stops, reported under `jwks/<issuer>` in /readyz meanwhile.
+        let (refresher, interval) = (cache.clone(), issuer.jwks_refresh_interval);
+        telemetry::supervise(
+            health.register_member("jwks", &issuer.issuer),
+            telemetry::Backoff::default(),
+            stop.child_token(),
+            move |component, stop| {
+                let refresher = refresher.clone();
+                async move {
+                    refresher.run(interval, stop, component).await;
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            },
+        );
         issuers.push(TrustedIssuer::external(cache, &issuer.audience, &issuer.algorithms, issuer.require_typ, issuer.max_token_lifetime));
     }
     issuers
@@ -155,7 +175,7 @@ pub async fn run_with(
         .build()
         .context("building the HTTP client")?;
     let cancel = CancellationToken::new();
-    let resource_server = Arc::new(ResourceServer::new(trusted_issuers(&settings, &issuer, &http, &cancel).await, settings.auth.leeway));
+    let resource_server = Arc::new(ResourceServer::new(trusted_issuers(&settings, &issuer, &http, &cancel, &health).await, settings.auth.leeway));
 
     let audit = if settings.audit_enabled {
         let audit = Arc::new(

@@ -196,14 +196,25 @@ impl JwksCache {
     }
 
     /// Refreshes every `interval` until `stop`, so rotated keys appear without a restart.
-    pub async fn run(self: Arc<Self>, interval: Duration, stop: tokio_util::sync::CancellationToken) {
+    /// Reports each refresh into `component`: up when it worked, degraded (cached keys still
+    /// used) when it failed.
+    pub async fn run(self: Arc<Self>, interval: Duration, stop: tokio_util::sync::CancellationToken, component: crate::telemetry::ComponentHandle) {
+        if self.is_empty() {
+            component.degraded("no keys loaded yet");
+        } else {
+            component.up();
+        }
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
             }
-            if let Err(error) = self.refresh().await {
-                tracing::warn!(issuer = %self.issuer, %error, "periodic JWKS refresh failed; keeping cached keys");
+            match self.refresh().await {
+                Ok(_) => component.up(),
+                Err(error) => {
+                    tracing::warn!(issuer = %self.issuer, %error, "periodic JWKS refresh failed; keeping cached keys");
+                    component.degraded(&error.to_string());
+                }
             }
         }
     }

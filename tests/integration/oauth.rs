@@ -48,6 +48,10 @@ async fn external_idp_tokens_are_validated_and_rotation_needs_no_restart() {
     })
     .await;
 
+    // The JWKS refresher is a supervised component of readiness.
+    let readyz: Value = reqwest::get(format!("http://{}/readyz", gateway.addr)).await.unwrap().json().await.unwrap();
+    assert!(readyz.to_string().contains("jwks"), "JWKS refresher not reported: {readyz}");
+
     // A real client-credentials token from the IdP, audience = our resource (RFC 8707).
     let token = idp.client_credentials(&resource, "mcp:tools").await;
     let (client, _) = common::connect(&gateway.url, &token).await.unwrap();
