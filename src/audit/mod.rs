@@ -468,7 +468,7 @@ fn intent_row(record: &IntentRecord, settings: &AuditSettings) -> Row {
         replica: settings.replica_id.clone(),
         jsonrpc_id: text(&record.jsonrpc_id),
         trace_id: text(&record.trace_id),
-        session_hash: record.session_id.as_deref().map(|s| row::sha256_hex(s.as_bytes())),
+        session_hash: record.session_id.as_deref().map(crate::session::hash_id),
         issuer: text(&record.issuer),
         subject: text(&record.subject),
         client_id: text(&record.client_id),

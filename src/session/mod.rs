@@ -15,6 +15,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The form a session id takes wherever it is stored or sent on (audit rows, span
+/// attributes, identity assertions): lowercase hex SHA-256. A session id is a capability, so
+/// it is never written raw; one definition keeps the three joinable.
+pub fn hash_id(session_id: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(session_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Result of checking a session id against the presenting principal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Binding {

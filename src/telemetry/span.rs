@@ -19,7 +19,6 @@
 use std::time::Duration;
 
 use opentelemetry::Context;
-use sha2::{Digest as _, Sha256};
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -169,9 +168,9 @@ fn truncate(value: &str) -> &str {
     &value[..end]
 }
 
-/// SHA-256 hex of a session id (the same digest as `upstream::credentials::sha256_hex`).
+/// SHA-256 hex of a session id ([`crate::session::hash_id`]).
 pub fn session_hash(session_id: &str) -> String {
-    Sha256::digest(session_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    crate::session::hash_id(session_id)
 }
 
 // === impl McpSpanExt ===

@@ -38,7 +38,6 @@ use rmcp::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use rmcp::transport::streamable_http_client::SseError;
 use sse_stream::Sse;
 use tokio::sync::Mutex;
@@ -73,10 +72,10 @@ pub struct SessionIdentity {
     pub session_hash: Option<String>,
 }
 
-/// Hex SHA-256 of `value` (session ids are hashed before they leave the gateway).
+/// Hex SHA-256 of `value` ([`crate::session::hash_id`]: session ids are hashed before they
+/// leave the gateway).
 pub fn sha256_hex(value: &str) -> String {
-    let digest = Sha256::digest(value.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::session::hash_id(value)
 }
 
 /// Obtains and caches the upstream's credential.
