@@ -271,18 +271,35 @@ pub async fn run_with(
 }
 
 /// Mirrors the audit log's state into the `audit` health component (calls are refused by the
-/// audit log itself while it cannot write) and its queue depth into metrics.
+/// audit log itself while it cannot write) and its queue depth into metrics, and restarts a
+/// stopped writer task with capped exponential backoff.
 async fn watch_audit(audit: Arc<AuditLog>, component: telemetry::ComponentHandle, metrics: telemetry::Metrics, stop: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let backoff = telemetry::Backoff::default();
+    let (mut delay, mut next_revive) = (backoff.initial, tokio::time::Instant::now());
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match audit.health() {
-            audit::Health::Ready => component.up(),
-            audit::Health::Degraded { reason } => component.degraded(&reason),
-            audit::Health::Unready { reason } => component.down(&reason),
+        let health = audit.health();
+        match &health {
+            audit::Health::Ready => {
+                component.up();
+                delay = backoff.initial;
+            }
+            audit::Health::Degraded { reason } => component.degraded(reason),
+            audit::Health::Unready { reason } => component.down(reason),
+        }
+        if matches!(&health, audit::Health::Unready { reason } if reason == audit::WRITER_STOPPED)
+            && tokio::time::Instant::now() >= next_revive
+        {
+            match audit.revive().await {
+                Ok(_) => tracing::warn!("audit writer was down; restarted"),
+                Err(error) => tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "audit writer restart failed"),
+            }
+            next_revive = tokio::time::Instant::now() + delay;
+            delay = (delay * 2).min(backoff.max);
         }
         metrics.set_audit_queue_depth(i64::try_from(audit.pending()).unwrap_or(i64::MAX));
     }

@@ -430,3 +430,23 @@ fn settings_url(settings: &AuditSettings) -> String {
     use secrecy::ExposeSecret as _;
     settings.url.expose_secret().to_owned()
 }
+
+/// A writer task that dies (a bug) refuses calls and reports unready; `revive` (which the
+/// gateway's supervisor calls with backoff) restarts it and the chain continues intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_writer_refuses_calls_until_revived() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = AuditSettings::from_config(&AuditConfig::default(), data_dir.path()).unwrap();
+    let log = AuditLog::open(&settings, issuer(&data_dir)).await.unwrap();
+    write(&log, 2).await;
+    log.abort_writer_for_tests().await;
+    let Err(error) = log.intent(intent(50)).await else { panic!("an intent was accepted with the writer dead") };
+    assert_eq!(error.jsonrpc_code(), -32052);
+    assert!(matches!(log.health(), Health::Unready { ref reason } if reason == portcullis::audit::WRITER_STOPPED), "{:?}", log.health());
+    assert!(log.revive().await.unwrap(), "writer not restarted");
+    write(&log, 1).await;
+    assert_eq!(log.health(), Health::Ready);
+    log.close(Duration::from_secs(5)).await;
+    let db = Db { url: settings_url(&settings), postgres: false, _dir: tempfile::tempdir().unwrap() };
+    assert!(matches!(verify(&db, &data_dir).await, VerifyOutcome::Intact(r) if r.rows == 6), "chain broken after the restart");
+}

@@ -207,10 +207,24 @@ pub struct AuditLog {
 }
 
 struct Inner {
-    tx: mpsc::UnboundedSender<Command>,
-    health: watch::Receiver<Health>,
+    /// The writer's queue; replaced when a stopped writer is restarted ([`AuditLog::revive`]).
+    tx: std::sync::RwLock<mpsc::UnboundedSender<Command>>,
+    health: std::sync::RwLock<watch::Receiver<Health>>,
     pending: Arc<AtomicUsize>,
     settings: AuditSettings,
+    signer: Arc<EmbeddedIssuer>,
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn send(&self, command: Command) -> Result<(), mpsc::error::SendError<Command>> {
+        self.tx.read().unwrap_or_else(std::sync::PoisonError::into_inner).send(command)
+    }
+
+    fn writer_stopped(&self) -> bool {
+        self.tx.read().unwrap_or_else(std::sync::PoisonError::into_inner).is_closed()
+    }
 }
 
 /// Proof that an intent row was recorded; record the outcome with [`IntentHandle::outcome`].
@@ -243,26 +257,46 @@ impl AuditLog {
             );
         }
         tracing::info!(store = %settings.display_url(), replica = %settings.replica_id, "audit log open");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (health_tx, health) = watch::channel(Health::Ready);
         let pending = Arc::new(AtomicUsize::new(0));
-        let writer = Writer {
-            store,
-            rx,
-            health: health_tx,
-            signer,
-            batch_max_rows: settings.batch_max_rows,
-            batch_linger: settings.batch_linger,
-            checkpoint_interval: settings.checkpoint_interval,
-            fail_open: settings.failure_mode == FailureMode::FailOpen,
-            replica: settings.replica_id.clone(),
-            pending: pending.clone(),
-        };
-        let handle = tokio::spawn(writer.run());
+        let (tx, health, handle) = spawn_writer(store, settings, signer.clone(), pending.clone());
         Ok(Self {
-            inner: Arc::new(Inner { tx, health, pending, settings: settings.clone() }),
+            inner: Arc::new(Inner {
+                tx: std::sync::RwLock::new(tx),
+                health: std::sync::RwLock::new(health),
+                pending,
+                settings: settings.clone(),
+                signer,
+            }),
             writer: tokio::sync::Mutex::new(Some(handle)),
         })
+    }
+
+    /// Restarts the writer task if it stopped (it only stops on a bug: a panic). Meanwhile
+    /// every call is refused and readiness reports the writer down. The new writer reads the
+    /// chain head from the store, so the chain continues where it stopped.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be reached to restart it.
+    pub async fn revive(&self) -> Result<bool, Error> {
+        if !self.inner.writer_stopped() {
+            return Ok(false);
+        }
+        let store = Store::connect(&self.inner.settings).await?;
+        let (tx, health, handle) = spawn_writer(store, &self.inner.settings, self.inner.signer.clone(), self.inner.pending.clone());
+        *self.inner.health.write().unwrap_or_else(std::sync::PoisonError::into_inner) = health;
+        *self.inner.tx.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tx;
+        *self.writer.lock().await = Some(handle);
+        tracing::warn!("audit writer restarted");
+        Ok(true)
+    }
+
+    /// Stops the writer task as a crash would (tests of supervision only).
+    #[doc(hidden)]
+    pub async fn abort_writer_for_tests(&self) {
+        if let Some(handle) = self.writer.lock().await.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
     }
 
     /// Records the intent row and resolves once it is durable.
@@ -310,7 +344,7 @@ impl AuditLog {
             return Err(Error::Overloaded { pending });
         }
         let (reply, answer) = oneshot::channel();
-        if self.inner.tx.send(Command::Append { row: Box::new(row), reply: Some(reply), retry: false }).is_err() {
+        if self.inner.send(Command::Append { row: Box::new(row), reply: Some(reply), retry: false }).is_err() {
             self.inner.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::Closed);
         }
@@ -324,10 +358,10 @@ impl AuditLog {
 
     /// Current readiness: [`Health::Unready`] while the store fails under `fail_closed`.
     pub fn health(&self) -> Health {
-        if self.inner.tx.is_closed() {
-            return Health::Unready { reason: "audit writer stopped".into() };
+        if self.inner.writer_stopped() {
+            return Health::Unready { reason: WRITER_STOPPED.into() };
         }
-        self.inner.health.borrow().clone()
+        self.inner.health.read().unwrap_or_else(std::sync::PoisonError::into_inner).borrow().clone()
     }
 
     /// The settings the log was opened with.
@@ -339,7 +373,7 @@ impl AuditLog {
     /// are still written while handles live.
     pub async fn flush(&self) {
         let (reply, done) = oneshot::channel();
-        if self.inner.tx.send(Command::Flush { reply }).is_ok() {
+        if self.inner.send(Command::Flush { reply }).is_ok() {
             let _ = done.await;
         }
     }
@@ -354,6 +388,33 @@ impl AuditLog {
             let _ = tokio::time::timeout(timeout, handle).await;
         }
     }
+}
+
+/// The readiness reason while the writer task is not running.
+pub const WRITER_STOPPED: &str = "audit writer stopped";
+
+/// Starts a writer task over `store`; returns its queue, health and handle.
+fn spawn_writer(
+    store: Store,
+    settings: &AuditSettings,
+    signer: Arc<EmbeddedIssuer>,
+    pending: Arc<AtomicUsize>,
+) -> (mpsc::UnboundedSender<Command>, watch::Receiver<Health>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (health_tx, health) = watch::channel(Health::Ready);
+    let writer = Writer {
+        store,
+        rx,
+        health: health_tx,
+        signer,
+        batch_max_rows: settings.batch_max_rows,
+        batch_linger: settings.batch_linger,
+        checkpoint_interval: settings.checkpoint_interval,
+        fail_open: settings.failure_mode == FailureMode::FailOpen,
+        replica: settings.replica_id.clone(),
+        pending,
+    };
+    (tx, health, tokio::spawn(writer.run()))
 }
 
 /// Connects to the store of `settings` and applies the embedded migrations (for
@@ -386,7 +447,6 @@ impl IntentHandle {
         let row = self.outcome_row(&outcome);
         let (reply, answer) = oneshot::channel();
         self.inner
-            .tx
             .send(Command::Append { row: Box::new(row), reply: Some(reply), retry: true })
             .map_err(|_| Error::Closed)?;
         let result = answer.await.map_err(|_| Error::Closed).and_then(|r| r.map(|_| ()));
@@ -425,7 +485,7 @@ impl Drop for IntentHandle {
             findings: None,
             latency: None,
         });
-        if self.inner.tx.send(Command::Append { row: Box::new(row), reply: None, retry: true }).is_err() {
+        if self.inner.send(Command::Append { row: Box::new(row), reply: None, retry: true }).is_err() {
             tracing::error!(request_id = %self.template.request_id, "audit writer stopped: abandoned outcome not recorded");
         }
     }
