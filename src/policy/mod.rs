@@ -335,28 +335,6 @@ impl Policy {
             None => Verdict::DenyByDefault,
         }
     }
-
-    /// Scopes `principal` lacks to use *any* target of `kind`, or `None` when some allow rule
-    /// for that kind (whose identity conditions the caller meets) needs no more scopes than it
-    /// holds, or when no such rule exists. Patterns and annotations are ignored: the answer
-    /// never refuses a call that [`Policy::decide`] would allow.
-    ///
-    /// Used by the transport to answer 403 `insufficient_scope` before rmcp; superseded by the
-    /// router answering [`Decision::DenyMissingScopes`] with [`insufficient_scope_error`].
-    pub fn missing_scopes_for_kind(&self, principal: &Principal, kind: TargetKind) -> Option<Vec<&str>> {
-        let caller = Attributes::from(principal);
-        let mut best: Option<(&Rule, usize)> = None;
-        for rule in self.rules.iter().filter(|r| r.effect() == Effect::Allow && r.names_kind(kind) && r.identifies(&caller)) {
-            let missing = rule.missing_scopes(|s| principal.has_scope(s)).len();
-            if missing == 0 {
-                return None;
-            }
-            if best.is_none_or(|(_, fewest)| missing < fewest) {
-                best = Some((rule, missing));
-            }
-        }
-        best.map(|(rule, _)| rule.scopes().iter().map(String::as_str).collect())
-    }
 }
 
 #[cfg(test)]

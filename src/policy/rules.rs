@@ -192,11 +192,6 @@ impl Rule {
         self.scopes.clone()
     }
 
-    /// Whether the rule names targets of `kind` at all (ignoring patterns and annotations).
-    pub(super) fn names_kind(&self, kind: TargetKind) -> bool {
-        self.targets.iter().any(|p| p.kind == kind)
-    }
-
     /// Whether the rule's targets (patterns and annotation conditions) cover `target`.
     pub(super) fn covers(&self, target: &Target<'_>) -> bool {
         let named = self

@@ -66,8 +66,6 @@ fn default_rules_grant_each_kind_to_its_scope() {
     let nobody = Principal::for_tests("bob", &[]);
     for kind in [TargetKind::Tool, TargetKind::Resource, TargetKind::Prompt] {
         assert!(!policy.permits(&nobody, target(kind)));
-        assert_eq!(policy.missing_scopes_for_kind(&nobody, kind), Some(vec![kind.default_scope()]));
-        assert_eq!(policy.missing_scopes_for_kind(&Principal::for_tests("c", &DEFAULT_SCOPES), kind), None);
     }
 }
 
@@ -240,18 +238,6 @@ fn explain_view_matches_decisions() {
     }
     assert!(matches!(policy.evaluate(&caller, tool("gh", "delete_x")), Verdict::DenyByRule(r) if r.name() == "no-delete"));
     assert!(matches!(policy.evaluate(&caller, tool("ops", "x")), Verdict::DenyByDefault));
-}
-
-#[test]
-fn missing_scopes_for_kind_follows_the_rules() {
-    let policy = Policy::from_rules(compile(RULES).unwrap());
-    // `docs` and `fs` need no scope: a tool call is never refused up front.
-    assert_eq!(policy.missing_scopes_for_kind(&principal("bob", &[], json!({})), TargetKind::Tool), None);
-    let prompts_only = compile("[[policy]]\nname = \"p\"\neffect = \"allow\"\nprompts = [\"gh/*\"]\nwhen.scopes = [\"a\", \"b\"]\n").unwrap();
-    let policy = Policy::from_rules(prompts_only);
-    assert_eq!(policy.missing_scopes_for_kind(&principal("bob", &["a"], json!({})), TargetKind::Prompt), Some(vec!["a", "b"]));
-    assert_eq!(policy.missing_scopes_for_kind(&principal("bob", &["a", "b"], json!({})), TargetKind::Prompt), None);
-    assert_eq!(policy.missing_scopes_for_kind(&principal("bob", &[], json!({})), TargetKind::Tool), None);
 }
 
 #[test]
@@ -444,7 +430,6 @@ proptest! {
         match decision {
             Decision::Allow(grant) => {
                 prop_assert!(grant.scopes().iter().all(|s| who.has_scope(s)));
-                prop_assert_eq!(policy.missing_scopes_for_kind(&who, case.kind), None);
             }
             Decision::DenyMissingScopes(scopes) => {
                 prop_assert!(scopes.iter().any(|s| !who.has_scope(s)));

@@ -57,7 +57,7 @@ use crate::{
     telemetry::{McpSpanExt as _, Metrics, client_span, inject_meta},
     upstream::{
         self, Connection, Origin, RelayTarget, Upstream,
-        credentials::{SessionIdentity, sha256_hex},
+        credentials::SessionIdentity,
     },
 };
 
@@ -142,7 +142,7 @@ impl SessionHandler {
         }
         // The session is bound to one issuer + subject (transport), so the identity this
         // connection asserts upstream is that principal's for the connection's lifetime.
-        let identity = SessionIdentity { principal: principal.clone(), session_hash: session_id(context).map(|id| sha256_hex(&id)) };
+        let identity = SessionIdentity { principal: principal.clone(), session_hash: session_id(context).map(|id| crate::session::hash_id(&id)) };
         let relay = RelayTarget::Session(context.peer.clone(), self.gateway.catalog_events.clone());
         let connection = Arc::new(target.connect(self.state.client.get(), relay, Some(identity)).await?);
         let level = *self.state.log_level.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

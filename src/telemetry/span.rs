@@ -168,10 +168,6 @@ fn truncate(value: &str) -> &str {
     &value[..end]
 }
 
-/// SHA-256 hex of a session id ([`crate::session::hash_id`]).
-pub fn session_hash(session_id: &str) -> String {
-    crate::session::hash_id(session_id)
-}
 
 // === impl McpSpanExt ===
 
@@ -184,7 +180,7 @@ impl McpSpanExt for tracing::Span {
     }
 
     fn record_session(&self, session_id: &str) {
-        self.record("mcp.session.id", session_hash(session_id).as_str());
+        self.record("mcp.session.id", crate::session::hash_id(session_id).as_str());
     }
 
     fn record_protocol_version(&self, version: &str) {

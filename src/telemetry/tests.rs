@@ -382,7 +382,7 @@ async fn tools_call_exports_server_and_client_spans_in_the_clients_trace() {
     expect(server, "portcullis.upstream", "weather");
     expect(server, "portcullis.policy.decision", "allow");
     expect(server, "portcullis.guard.findings", "2");
-    expect(server, "mcp.session.id", &span::session_hash(session_id));
+    expect(server, "mcp.session.id", &crate::session::hash_id(session_id));
     assert!(attribute(&server.attributes, "error.type").is_none());
     expect(client, "portcullis.upstream", "weather");
     expect(client, "gen_ai.tool.name", "get_forecast");

@@ -72,12 +72,6 @@ pub struct SessionIdentity {
     pub session_hash: Option<String>,
 }
 
-/// Hex SHA-256 of `value` ([`crate::session::hash_id`]: session ids are hashed before they
-/// leave the gateway).
-pub fn sha256_hex(value: &str) -> String {
-    crate::session::hash_id(value)
-}
-
 /// Obtains and caches the upstream's credential.
 pub struct CredentialSource {
     settings: UpstreamSettings,

@@ -154,7 +154,8 @@ async fn embedded_token_endpoint_serves_machine_clients() {
 }
 
 fn sha256_hex(value: &str) -> String {
-    portcullis::upstream::credentials::sha256_hex(value)
+    use sha2::Digest as _;
+    sha2::Sha256::digest(value.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The gateway's own credential toward an upstream: an OAuth client-credentials token from
