@@ -223,6 +223,7 @@ pub async fn run_with(
         metrics: metrics.clone(),
         audit: audit.clone(),
         guard: settings.guard.clone(),
+        client_peers: Default::default(),
     });
     let sync_task = tokio::spawn(sync.run(cancel.child_token()));
     let state = AppState::new(gateway, resource_server, issuer, cancel.child_token());

@@ -10,7 +10,11 @@
 
 use std::{sync::Arc, time::Instant};
 
-use rmcp::{ErrorData, RoleServer, model::ErrorCode, service::RequestContext};
+use rmcp::{
+    ErrorData, RoleServer,
+    model::{ErrorCode, RequestId, RequestMetaObject},
+    service::RequestContext,
+};
 use serde_json::Value;
 use tracing::Span;
 
@@ -60,18 +64,32 @@ impl RequestCtx {
             return Err(ErrorData::internal_error("internal error", None));
         };
         let headers = parts.map(|p| &p.headers);
-        let span = server_span(method, target, parent_context(headers, Some(&context.meta)));
         let session_id = headers.and_then(|h| h.get("mcp-session-id")).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(Self::start(method, target, principal, headers, &context.meta, &context.id, session_id))
+    }
+
+    /// Starts a request the transport hands over directly (the direct call path): same
+    /// span, ids and audit fields as [`RequestCtx::begin`].
+    pub(super) fn start(
+        method: &'static str,
+        target: Option<&str>,
+        principal: Principal,
+        headers: Option<&http::HeaderMap>,
+        meta: &RequestMetaObject,
+        id: &RequestId,
+        session_id: Option<String>,
+    ) -> Self {
+        let span = server_span(method, target, parent_context(headers, Some(meta)));
         span.record_principal(&principal.subject, principal.client_id.as_deref());
-        span.record_request_id(&context.id);
+        span.record_request_id(id);
         if let Some(id) = &session_id {
             span.record_session(id);
         }
         if let Some(version) = headers.and_then(|h| h.get("mcp-protocol-version")).and_then(|v| v.to_str().ok()) {
             span.record_protocol_version(version);
         }
-        let trace_id = trace_id(headers, &context.meta);
-        Ok(Self {
+        let trace_id = trace_id(headers, meta);
+        Self {
             method,
             target: target.map(str::to_owned),
             principal,
@@ -81,11 +99,11 @@ impl RequestCtx {
             findings: None,
             started: Instant::now(),
             request_id: uuid::Uuid::new_v4().simple().to_string(),
-            jsonrpc_id: serde_json::to_string(&context.id).unwrap_or_default(),
+            jsonrpc_id: serde_json::to_string(id).unwrap_or_default(),
             trace_id,
             decision: None,
             audit: None,
-        })
+        }
     }
 
     /// Records an allowing policy decision.

@@ -23,6 +23,7 @@
 #![allow(deprecated)]
 
 mod ctx;
+mod direct;
 mod sync;
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
@@ -44,6 +45,7 @@ use tokio::sync::{Mutex, OnceCell, broadcast};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument as _;
 
+pub use direct::{DirectCalls, DirectReply, DirectSession, REQUEST_CANCELLED};
 pub use sync::{CatalogSync, ListChanged, Vetting};
 use ctx::RequestCtx;
 
@@ -81,6 +83,37 @@ pub struct Gateway {
     pub audit: Option<Arc<AuditLog>>,
     /// The guard that sanitizes what upstreams send back.
     pub guard: Arc<Guard>,
+    /// rmcp peers of initialized client sessions (for the direct path's relaying).
+    pub client_peers: ClientPeers,
+}
+
+/// The rmcp peer of each initialized client session, by MCP session id: where the direct
+/// path relays what an upstream sends outside any call (on its standalone SSE stream) —
+/// log messages, `resources/updated`, server-to-client requests.
+#[derive(Default, Clone)]
+pub struct ClientPeers(Arc<std::sync::Mutex<HashMap<String, rmcp::service::Peer<RoleServer>>>>);
+
+// === impl ClientPeers ===
+
+impl ClientPeers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, rmcp::service::Peer<RoleServer>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers the peer of session `id`.
+    pub fn insert(&self, id: String, peer: rmcp::service::Peer<RoleServer>) {
+        self.lock().insert(id, peer);
+    }
+
+    /// The peer of session `id`.
+    pub fn get(&self, id: &str) -> Option<rmcp::service::Peer<RoleServer>> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Forgets session `id`.
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
 }
 
 /// The MCP server for one client session.
@@ -250,6 +283,11 @@ fn tool_target<'a>(gateway: &Gateway, entry: &'a crate::catalog::Entry<rmcp::mod
 // === impl Gateway ===
 
 impl Gateway {
+    /// A shared handle on the client peers (for background tasks).
+    pub fn client_peers_handle(&self) -> ClientPeers {
+        self.client_peers.clone()
+    }
+
     /// The scopes `principal` lacks for the target of a call, decided before rmcp sees the
     /// request so the transport can answer HTTP 403 `insufficient_scope` (RFC 6750 §3.1).
     /// `None` when the call is allowed, hidden or unknown: the router answers those.
@@ -375,6 +413,11 @@ impl ServerHandler for SessionHandler {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // The direct path relays upstream messages outside calls through this peer.
+        let session = context.extensions.get::<http::request::Parts>().and_then(|p| p.headers.get("mcp-session-id")).and_then(|v| v.to_str().ok());
+        if let Some(id) = session {
+            self.gateway.client_peers.insert(id.to_owned(), context.peer.clone());
+        }
         // Relay catalog changes to this client until the session ends.
         let mut changes = self.gateway.list_changed.subscribe();
         let peer = context.peer.clone();

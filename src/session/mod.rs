@@ -1,10 +1,13 @@
 //! Sessions: binds each MCP session id to the principal that created it.
 //!
-//! rmcp owns the session lifecycle (ids from a CSPRNG — UUID v4 from the OS RNG —, idle
-//! expiry, DELETE). This module adds the security rule on top: a session id may only be used
-//! by the same principal (issuer and subject) that initialized it. A request presenting a
-//! session bound to someone else is answered as if the session did not exist (404), so
-//! session ids cannot be probed. Bindings expire with the session's idle timeout.
+//! rmcp creates sessions (ids from a CSPRNG — UUID v4 from the OS RNG) and answers DELETE.
+//! This module adds the security rule on top — a session id may only be used by the same
+//! principal (issuer and subject) that initialized it; a request presenting a session bound
+//! to someone else is answered as if the session did not exist (404), so session ids cannot
+//! be probed — and owns idle expiry: every request through the transport refreshes its
+//! binding, and the transport's sweeper ends sessions whose binding lapsed
+//! ([`SessionBindings::sweep`]). rmcp's own idle timer is off, because calls on the direct
+//! path never reach rmcp's session.
 //!
 //! Today the store is in memory (one process); the Redis-backed store for several replicas
 //! implements the same [`SessionBindings`] API.
@@ -30,7 +33,7 @@ pub enum Binding {
     Owned,
     /// The session is bound to another principal.
     Foreign,
-    /// No binding (unknown, expired, or not yet initialized): rmcp decides (404).
+    /// No binding (unknown, lapsed, or not yet initialized): answered 404.
     Unbound,
 }
 
@@ -51,24 +54,17 @@ impl SessionBindings {
 
     /// Binds `session_id` to the principal `key` ([`crate::auth::Principal::binding_key`]).
     pub fn bind(&self, session_id: &str, key: String) {
-        let mut entries = self.lock();
-        let now = Instant::now();
-        if entries.len() % 1024 == 1023 {
-            // Amortized sweep of lapsed bindings.
-            entries.retain(|_, (_, seen)| now.duration_since(*seen) < self.idle_timeout);
-        }
-        entries.insert(session_id.to_owned(), (key, now));
+        self.lock().insert(session_id.to_owned(), (key, Instant::now()));
     }
 
-    /// Checks `session_id` for principal `key`, refreshing its idle timer when owned.
+    /// Checks `session_id` for principal `key`, refreshing its idle timer when owned. A
+    /// lapsed binding answers [`Binding::Unbound`] and stays until [`SessionBindings::sweep`]
+    /// collects it (so the session's resources are released exactly once).
     pub fn check(&self, session_id: &str, key: &str) -> Binding {
         let mut entries = self.lock();
         let now = Instant::now();
         match entries.get_mut(session_id) {
-            Some((_, seen)) if now.duration_since(*seen) >= self.idle_timeout => {
-                entries.remove(session_id);
-                Binding::Unbound
-            }
+            Some((_, seen)) if now.duration_since(*seen) >= self.idle_timeout => Binding::Unbound,
             Some((owner, seen)) if owner == key => {
                 *seen = now;
                 Binding::Owned
@@ -76,6 +72,26 @@ impl SessionBindings {
             Some(_) => Binding::Foreign,
             None => Binding::Unbound,
         }
+    }
+
+    /// Removes every binding idle for `idle_timeout` or longer and returns their session ids,
+    /// for the caller to end those sessions.
+    pub fn sweep(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut lapsed = Vec::new();
+        self.lock().retain(|id, (_, seen)| {
+            let keep = now.duration_since(*seen) < self.idle_timeout;
+            if !keep {
+                lapsed.push(id.clone());
+            }
+            keep
+        });
+        lapsed
+    }
+
+    /// The idle timeout bindings lapse after.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 
     /// Removes a binding (session deleted).
@@ -114,10 +130,20 @@ mod tests {
     }
 
     #[test]
-    fn lapsed_bindings_are_forgotten() {
+    fn lapsed_bindings_answer_unbound_until_swept_once() {
         let bindings = SessionBindings::new(Duration::ZERO);
         bindings.bind("s1", "a".into());
         assert_eq!(bindings.check("s1", "a"), Binding::Unbound);
+        assert_eq!(bindings.sweep(), vec!["s1".to_owned()]);
         assert!(bindings.is_empty());
+        assert!(bindings.sweep().is_empty());
+    }
+
+    #[test]
+    fn sweep_keeps_live_bindings() {
+        let bindings = SessionBindings::new(Duration::from_secs(60));
+        bindings.bind("s1", "a".into());
+        assert!(bindings.sweep().is_empty());
+        assert_eq!(bindings.check("s1", "a"), Binding::Owned);
     }
 }

@@ -15,8 +15,17 @@
 //! 5. **Scope step-up**: a call whose kind the token's scopes cannot reach → 403
 //!    `insufficient_scope` naming the scopes needed (RFC 6750 §3.1).
 //!
-//! rmcp then validates Accept, Content-Type, `MCP-Protocol-Version` and the session, and
-//! runs the [`crate::router`]. Its Host/Origin checks run again with the same lists.
+//! A `tools/call` in an established session then takes the direct path
+//! ([`crate::router::DirectCalls`]): the router's steps run on the raw JSON-RPC envelope
+//! and the call goes upstream without rmcp in between; so do the client's answers to
+//! upstream requests relayed on that path and its cancellations of such calls. Everything
+//! else — and any request whose headers are not the plain case (Accept, Content-Type,
+//! `MCP-Protocol-Version`) — goes to rmcp, which validates Accept, Content-Type,
+//! `MCP-Protocol-Version` and the session, and runs the [`crate::router`]. Its Host/Origin
+//! checks run again with the same lists.
+//!
+//! Session idle expiry is the transport's: a sweeper ends sessions (rmcp's and the direct
+//! path's) whose binding lapsed after `session_idle_timeout` without a request.
 
 mod metadata;
 
@@ -41,7 +50,7 @@ use serde_json::{Value, json};
 use crate::{
     auth::{self, ResourceServer, issuer::EmbeddedIssuer},
     config::Settings,
-    router::{Gateway, SessionHandler},
+    router::{DirectCalls, DirectReply, Gateway, SessionHandler},
     session::{Binding, SessionBindings},
 };
 
@@ -55,13 +64,15 @@ pub struct AppState {
     resource_server: Arc<ResourceServer>,
     issuer: Arc<EmbeddedIssuer>,
     bindings: Arc<SessionBindings>,
+    direct: Arc<DirectCalls>,
     mcp: Arc<StreamableHttpService<SessionHandler, LocalSessionManager>>,
 }
 
 // === impl AppState ===
 
 impl AppState {
-    /// Builds the transport state; `cancel` ends all MCP sessions when triggered.
+    /// Builds the transport state and starts the idle-session sweeper (a Tokio task);
+    /// `cancel` ends all MCP sessions and the sweeper when triggered.
     pub fn new(
         gateway: Arc<Gateway>,
         resource_server: Arc<ResourceServer>,
@@ -70,27 +81,49 @@ impl AppState {
     ) -> Self {
         let settings = gateway.settings.clone();
         let mut sessions = LocalSessionManager::default();
-        sessions.session_config.keep_alive = Some(settings.session_idle_timeout);
+        // Idle expiry is the sweeper's (module docs): direct calls never touch rmcp's session.
+        sessions.session_config.keep_alive = None;
+        let sessions = Arc::new(sessions);
         let config = StreamableHttpServerConfig::default()
             .with_allowed_hosts(settings.allowed_hosts.clone())
             .with_allowed_origins(settings.allowed_origins.clone())
             .with_max_request_body_bytes(settings.max_body_bytes)
-            .with_cancellation_token(cancel);
+            .with_cancellation_token(cancel.clone());
         let factory_gateway = gateway.clone();
-        let mcp = StreamableHttpService::new(
-            move || Ok(SessionHandler::new(factory_gateway.clone())),
-            Arc::new(sessions),
-            config,
-        );
-        // Bindings outlive the session's idle timeout so an idle binding never lapses
-        // before rmcp closes the session itself.
-        let bindings = Arc::new(SessionBindings::new(settings.session_idle_timeout * 2));
-        Self { settings, gateway, resource_server, issuer, bindings, mcp: Arc::new(mcp) }
+        let mcp = StreamableHttpService::new(move || Ok(SessionHandler::new(factory_gateway.clone())), sessions.clone(), config);
+        let bindings = Arc::new(SessionBindings::new(settings.session_idle_timeout));
+        let direct = Arc::new(DirectCalls::new(gateway.clone()));
+        tokio::spawn(sweep_idle_sessions(bindings.clone(), direct.clone(), sessions, cancel));
+        Self { settings, gateway, resource_server, issuer, bindings, direct, mcp: Arc::new(mcp) }
     }
 
     /// Session bindings (for metrics and tests).
     pub fn bindings(&self) -> &Arc<SessionBindings> {
         &self.bindings
+    }
+}
+
+/// Ends sessions whose binding lapsed, every quarter of the idle timeout (1–30 s).
+async fn sweep_idle_sessions(
+    bindings: Arc<SessionBindings>,
+    direct: Arc<DirectCalls>,
+    sessions: Arc<LocalSessionManager>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use rmcp::transport::streamable_http_server::session::SessionManager as _;
+    let period = (bindings.idle_timeout() / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for id in bindings.sweep() {
+            direct.close(&id);
+            if let Err(error) = sessions.close_session(&Arc::from(id.as_str())).await {
+                tracing::debug!(%error, "idle session already gone");
+            }
+        }
     }
 }
 
@@ -140,6 +173,7 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
     let method = request.method().clone();
     let (mut parts, body) = request.into_parts();
     let mut is_initialize = false;
+    let mut initialize_params = None;
     let body = if method == Method::POST {
         // 4. Body cap and JSON.
         let bytes = match Limited::new(body, state.settings.max_body_bytes).collect().await {
@@ -155,12 +189,42 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
             Err(response) => return *response,
         };
         is_initialize = envelope.method.as_deref() == Some("initialize");
+        if is_initialize {
+            initialize_params = envelope.params.clone();
+        }
         // 5. Scope step-up for calls, decided by the same policy the router applies.
         if let Some(method) = envelope.method.as_deref()
             && let Some(missing) = state.gateway.preflight(&principal, method, envelope.params.as_ref())
         {
             state.gateway.metrics.record_policy_denial("insufficient_scope");
             return insufficient_scope(&state.settings, &missing, envelope.id.unwrap_or(Value::Null));
+        }
+        // The direct path, for an established session.
+        if let Some(id) = &session_id
+            && let Some(direct) = state.direct.session(id)
+        {
+            match direct_route(&parts.headers, envelope) {
+                Direct::Call { id, params } => {
+                    let reply = state.direct.call_tool(direct, principal, &parts.headers, id, params).await;
+                    return direct_response(reply);
+                }
+                Direct::Cancel(request_id) if state.direct.cancel(&direct, &request_id) => {
+                    return StatusCode::ACCEPTED.into_response();
+                }
+                Direct::Answer { id, message } => {
+                    if let Some(answered) = state.direct.answer(&direct, &id, message).await {
+                        return match answered {
+                            Ok(()) => StatusCode::ACCEPTED.into_response(),
+                            Err(reason) => {
+                                tracing::warn!(%reason, "relaying the client's answer upstream failed");
+                                json_rpc_error(StatusCode::BAD_GATEWAY, i64::from(crate::upstream::UPSTREAM_UNAVAILABLE), "upstream unavailable", Value::Null)
+                            }
+                        };
+                    }
+                }
+                Direct::SetLevel(params) => state.direct.set_level(&direct, params),
+                Direct::Cancel(_) | Direct::Rmcp => {}
+            }
         }
         Body::from(bytes)
     } else {
@@ -175,12 +239,14 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
         && let Some(new_id) = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
     {
         state.bindings.bind(new_id, binding_key);
+        state.direct.open(new_id, initialize_params.as_ref());
     }
     if method == Method::DELETE
         && parts.status.is_success()
         && let Some(id) = &session_id
     {
         state.bindings.unbind(id);
+        state.direct.close(id);
     }
     Response::from_parts(parts, Body::new(body))
 }
@@ -191,6 +257,87 @@ struct Envelope {
     id: Option<Value>,
     method: Option<String>,
     params: Option<Value>,
+    result: Option<Value>,
+    error: Option<Value>,
+}
+
+/// Where a POST in a session with direct-path state goes.
+enum Direct {
+    /// `tools/call` on the direct path.
+    Call { id: Value, params: serde_json::Map<String, Value> },
+    /// `notifications/cancelled` for this request id (direct if it names a direct call).
+    Cancel(Value),
+    /// A JSON-RPC response (direct if it answers a request relayed on the direct path).
+    Answer { id: Value, message: Value },
+    /// `logging/setLevel`: recorded for the direct path's upstream sessions, then to rmcp.
+    SetLevel(Value),
+    /// Everything else.
+    Rmcp,
+}
+
+/// Routes a POST: the direct path takes only the plain case — Accept naming both JSON and
+/// SSE, a JSON Content-Type, a known `MCP-Protocol-Version` (or none), and no task
+/// augmentation — so that every malformed or unusual request gets rmcp's answer.
+fn direct_route(headers: &http::HeaderMap, envelope: Envelope) -> Direct {
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    let accept = text(header::ACCEPT);
+    let plain = accept.contains("application/json")
+        && accept.contains("text/event-stream")
+        && text(header::CONTENT_TYPE).starts_with("application/json")
+        && headers.get("mcp-protocol-version").is_none_or(|v| {
+            rmcp::model::ProtocolVersion::KNOWN_VERSIONS.iter().any(|known| known.as_str().as_bytes() == v.as_bytes())
+        });
+    if !plain {
+        return Direct::Rmcp;
+    }
+    match (envelope.method.as_deref(), envelope.id, envelope.params) {
+        (Some("tools/call"), Some(id), Some(Value::Object(params))) if !params.contains_key("task") => Direct::Call { id, params },
+        (Some("logging/setLevel"), Some(_), Some(params)) => Direct::SetLevel(params),
+        (Some("notifications/cancelled"), None, Some(params)) => match params.get("requestId") {
+            Some(request_id) => Direct::Cancel(request_id.clone()),
+            None => Direct::Rmcp,
+        },
+        (None, Some(id), None) if envelope.result.is_some() || envelope.error.is_some() => {
+            let mut message = serde_json::Map::new();
+            message.insert("jsonrpc".into(), Value::String("2.0".into()));
+            message.insert("id".into(), id.clone());
+            if let Some(result) = envelope.result {
+                message.insert("result".into(), result);
+            }
+            if let Some(error) = envelope.error {
+                message.insert("error".into(), error);
+            }
+            Direct::Answer { id, message: Value::Object(message) }
+        }
+        _ => Direct::Rmcp,
+    }
+}
+
+/// The HTTP response for a direct call: one JSON body, or an SSE stream (MCP 2025-11-25
+/// basic/transports: either is allowed for a request).
+fn direct_response(reply: DirectReply) -> Response {
+    match reply {
+        DirectReply::Json(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        DirectReply::Events(messages) => {
+            use futures::StreamExt as _;
+            let events = messages.map(|data| {
+                let mut event = Vec::with_capacity(data.len() + 24);
+                event.extend_from_slice(b"event: message\n");
+                for line in data.split(|b| *b == b'\n') {
+                    event.extend_from_slice(b"data: ");
+                    event.extend_from_slice(line);
+                    event.push(b'\n');
+                }
+                event.push(b'\n');
+                Ok::<_, std::convert::Infallible>(Bytes::from(event))
+            });
+            (
+                [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+                Body::from_stream(events),
+            )
+                .into_response()
+        }
+    }
 }
 
 fn parse_envelope(bytes: &Bytes) -> Result<Envelope, Box<Response>> {

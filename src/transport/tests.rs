@@ -42,6 +42,7 @@ async fn harness() -> Harness {
         upstreams: HashMap::new(),
         list_changed: tokio::sync::broadcast::channel(4).0,
         catalog_events: tokio::sync::mpsc::unbounded_channel().0,
+        client_peers: Default::default(),
     });
     let state = AppState::new(gateway, resource_server, issuer.clone(), tokio_util::sync::CancellationToken::new());
     Harness { app: app(state), issuer, _dir: dir }

@@ -349,8 +349,13 @@ impl GatewayHttpClient {
         self.signer.sign(IDENTITY_TYP, &claims).ok()
     }
 
+    /// The HTTP client requests go through.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Adds the credential and identity headers for one request.
-    async fn decorate(
+    pub(crate) async fn decorate(
         &self,
         headers: &mut HashMap<HeaderName, HeaderValue>,
         call: Option<&CallContext>,

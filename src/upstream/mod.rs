@@ -38,6 +38,7 @@ use rmcp::{
 use tokio::sync::mpsc;
 
 pub mod credentials;
+pub mod raw;
 
 use crate::{auth::issuer::EmbeddedIssuer, config::UpstreamSettings, policy::Grant};
 use credentials::{CallContext, CredentialSource, GatewayHttpClient, SessionIdentity};

@@ -1,0 +1,360 @@
+//! The upstream leg of the direct call path: one MCP session with an upstream spoken as
+//! raw JSON-RPC over streamable HTTP (MCP 2025-11-25 basic/transports), without rmcp's
+//! client service in between.
+//!
+//! `tools/call` is the hot path of a gateway. Relaying it through rmcp's client session
+//! means a task, several channels and a full parse into rmcp's model per call; here the
+//! router builds the JSON-RPC message itself, [`RawSession::post`] sends it with the
+//! upstream's credential and the caller's identity assertion (the same
+//! [`GatewayHttpClient`] decoration as every other upstream request: nothing from the
+//! client's request is copied), and the reply comes back as bytes — one JSON body, or the
+//! `data` of each server-sent event — for the router to inspect, sanitize and relay.
+//!
+//! A session is opened by the MCP `initialize` handshake with the client's sampling,
+//! elicitation and roots capabilities mirrored (so the upstream asks only for what the
+//! client can answer), and ended with HTTP DELETE. An upstream that forgot the session
+//! (HTTP 404) is reported as [`PostError::SessionExpired`] so the caller can reopen it.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::{StreamExt as _, stream::BoxStream};
+use http::{HeaderName, HeaderValue, StatusCode, header};
+use rmcp::model::ClientConfig;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{
+    Error, Upstream,
+    credentials::{CallContext, GatewayHttpClient, SessionIdentity},
+};
+
+/// Cap on one upstream reply, in bytes: the JSON body, or everything one SSE response
+/// stream carries. A reply that grows past it fails the request (-32050) instead of
+/// exhausting memory.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Protocol revision the gateway asks upstreams for (the newest one with sessions).
+const PROTOCOL_VERSION: &str = "2025-11-25";
+
+const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+const VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
+
+/// One MCP session with an upstream, for the direct call path.
+pub struct RawSession {
+    upstream: Arc<str>,
+    url: reqwest::Url,
+    client: GatewayHttpClient,
+    session_id: Option<HeaderValue>,
+    protocol_version: HeaderValue,
+    next_id: AtomicU64,
+    request_timeout: Duration,
+    /// Stops this session's background work (the standalone stream reader) when the
+    /// session is closed or dropped.
+    stop: CancellationToken,
+    _stop: DropGuard,
+}
+
+/// What an upstream answered to a POST.
+pub enum Reply {
+    /// `application/json`: exactly one JSON-RPC message.
+    Json(Bytes),
+    /// `text/event-stream`: the `data` of each non-empty event, in order (priming events
+    /// and comments are skipped).
+    Events(BoxStream<'static, Result<Bytes, PostError>>),
+    /// `202 Accepted`: nothing to read (the answer to a notification or a response).
+    Accepted,
+}
+
+/// Why a POST to an upstream failed. Messages never carry credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// The upstream does not know the session any more (HTTP 404): reopen it.
+    #[error("upstream session expired")]
+    SessionExpired,
+    /// The request could not be sent, the upstream refused it, or the reply was malformed
+    /// or too large.
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    result: Option<InitializeResult>,
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct InitializeResult {
+    #[serde(rename = "protocolVersion")]
+    protocol_version: String,
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Opens a [`RawSession`] for a client session: `initialize` (capabilities mirrored from
+    /// `client`), then `notifications/initialized`, bounded by `connect_timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the upstream cannot be reached or refuses the handshake,
+    /// [`Error::Timeout`] when it does not finish in time.
+    pub async fn open_raw(&self, client: Option<&ClientConfig>, identity: SessionIdentity) -> Result<RawSession, Error> {
+        let http = GatewayHttpClient::new(self.http.clone(), self.credentials.clone(), self.signer.clone(), &self.settings, Some(identity));
+        let stop = CancellationToken::new();
+        let mut session = RawSession {
+            upstream: self.name.clone(),
+            url: self.settings.url.clone(),
+            client: http,
+            session_id: None,
+            protocol_version: HeaderValue::from_static(PROTOCOL_VERSION),
+            next_id: AtomicU64::new(1),
+            request_timeout: self.settings.request_timeout,
+            _stop: stop.clone().drop_guard(),
+            stop,
+        };
+        let config = super::client_config(client);
+        let handshake = session.initialize(&config);
+        tokio::time::timeout(self.settings.connect_timeout, handshake)
+            .await
+            .map_err(|_| Error::Timeout { upstream: self.name.clone(), timeout: self.settings.connect_timeout })?
+            .map_err(|error| Error::Unavailable { upstream: self.name.clone(), reason: error.to_string() })?;
+        Ok(session)
+    }
+}
+
+// === impl RawSession ===
+
+impl RawSession {
+    /// The upstream's name.
+    pub fn upstream(&self) -> &Arc<str> {
+        &self.upstream
+    }
+
+    /// The upstream's `request_timeout`.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Cancelled when the session is closed or dropped.
+    pub fn stopped(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Opens the session's standalone SSE stream (HTTP GET; MCP basic/transports "Listening
+    /// for Messages from the Server"): the `data` of each event the upstream sends outside
+    /// any request. `None` when the upstream offers no such stream (HTTP 405).
+    ///
+    /// # Errors
+    /// [`PostError`] as for [`RawSession::post`].
+    pub async fn listen(&self) -> Result<Option<BoxStream<'static, Result<Bytes, PostError>>>, PostError> {
+        let mut headers = HashMap::new();
+        self.client.decorate(&mut headers, None).await.map_err(|_| PostError::Failed("upstream credential unavailable".into()))?;
+        let mut request = self
+            .client
+            .http()
+            .get(self.url.clone())
+            .header(header::ACCEPT, "text/event-stream")
+            .header(VERSION_HEADER, self.protocol_version.clone());
+        if let Some(id) = &self.session_id {
+            request = request.header(SESSION_HEADER, id.clone());
+        }
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.map_err(|e| PostError::Failed(describe(&e)))?;
+        match response.status() {
+            StatusCode::METHOD_NOT_ALLOWED => Ok(None),
+            StatusCode::NOT_FOUND => Err(PostError::SessionExpired),
+            _ => match reply(response).await? {
+                Reply::Events(events) => Ok(Some(events)),
+                Reply::Json(_) | Reply::Accepted => Ok(None),
+            },
+        }
+    }
+
+    /// A fresh JSON-RPC request id in this session's id space.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn initialize(&mut self, config: &ClientConfig) -> Result<(), PostError> {
+        let mut params = serde_json::to_value(config).map_err(|e| PostError::Failed(e.to_string()))?;
+        params["protocolVersion"] = json!(PROTOCOL_VERSION);
+        let body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params});
+        let response = self.send(Bytes::from(body.to_string()), None, &[]).await?;
+        if let Some(id) = response.headers().get(SESSION_HEADER) {
+            self.session_id = Some(id.clone());
+        }
+        let message = match reply(response).await? {
+            Reply::Json(bytes) => bytes,
+            Reply::Events(mut events) => loop {
+                match events.next().await {
+                    Some(Ok(data)) if is_response(&data) => break data,
+                    Some(Ok(_)) => continue,
+                    Some(Err(error)) => return Err(error),
+                    None => return Err(PostError::Failed("initialize: stream ended without a result".into())),
+                }
+            },
+            Reply::Accepted => return Err(PostError::Failed("initialize: no result".into())),
+        };
+        let probe: Probe = serde_json::from_slice(&message).map_err(|e| PostError::Failed(format!("initialize: {e}")))?;
+        if let Some(error) = probe.error {
+            return Err(PostError::Failed(format!("initialize refused: {}", error.get("message").and_then(Value::as_str).unwrap_or("error"))));
+        }
+        let version = probe.result.ok_or_else(|| PostError::Failed("initialize: no result".into()))?.protocol_version;
+        self.protocol_version = HeaderValue::from_str(&version).map_err(|_| PostError::Failed("initialize: bad protocolVersion".into()))?;
+        let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        match reply(self.send(initialized, None, &[]).await?).await? {
+            Reply::Accepted | Reply::Json(_) | Reply::Events(_) => Ok(()),
+        }
+    }
+
+    /// Sends one JSON-RPC message (`body`, already serialized) in this session. `call`
+    /// narrows the identity assertion to the call's scopes and target; `extra` adds
+    /// per-request headers (W3C `traceparent`/`tracestate`).
+    ///
+    /// # Errors
+    /// [`PostError::SessionExpired`] on HTTP 404; [`PostError::Failed`] when the request
+    /// cannot be sent, a credential cannot be obtained, or the upstream answers with an
+    /// error status or an unexpected content type.
+    pub async fn post(&self, body: Bytes, call: Option<&CallContext>, extra: &[(HeaderName, HeaderValue)]) -> Result<Reply, PostError> {
+        reply(self.send(body, call, extra).await?).await
+    }
+
+    async fn send(&self, body: Bytes, call: Option<&CallContext>, extra: &[(HeaderName, HeaderValue)]) -> Result<reqwest::Response, PostError> {
+        let mut headers = HashMap::new();
+        self.client.decorate(&mut headers, call).await.map_err(|_| PostError::Failed("upstream credential unavailable".into()))?;
+        let mut request = self
+            .client
+            .http()
+            .post(self.url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, ACCEPT_BOTH)
+            .header(VERSION_HEADER, self.protocol_version.clone());
+        if let Some(id) = &self.session_id {
+            request = request.header(SESSION_HEADER, id.clone());
+        }
+        for (name, value) in headers.into_iter().chain(extra.iter().cloned()) {
+            request = request.header(name, value);
+        }
+        let response = request.body(body).send().await.map_err(|e| PostError::Failed(describe(&e)))?;
+        if response.status() == StatusCode::NOT_FOUND && self.session_id.is_some() {
+            return Err(PostError::SessionExpired);
+        }
+        Ok(response)
+    }
+
+    /// Ends the session at the upstream (HTTP DELETE; errors are ignored: the upstream
+    /// expires it anyway).
+    pub async fn close(&self) {
+        self.stop.cancel();
+        let Some(id) = &self.session_id else { return };
+        let mut headers = HashMap::new();
+        if self.client.decorate(&mut headers, None).await.is_err() {
+            return;
+        }
+        let mut request = self.client.http().delete(self.url.clone()).header(SESSION_HEADER, id.clone()).header(VERSION_HEADER, self.protocol_version.clone());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let _ = request.timeout(Duration::from_secs(5)).send().await;
+    }
+}
+
+/// Whether `data` is a JSON-RPC response (has `result` or `error`, no `method`).
+fn is_response(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Shape<'a> {
+        #[serde(borrow)]
+        method: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow)]
+        result: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow)]
+        error: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_slice::<Shape<'_>>(data).is_ok_and(|s| s.method.is_none() && (s.result.is_some() || s.error.is_some()))
+}
+
+/// Classifies a response by status and content type; a JSON body is read whole (capped).
+async fn reply(response: reqwest::Response) -> Result<Reply, PostError> {
+    let status = response.status();
+    if status == StatusCode::ACCEPTED {
+        return Ok(Reply::Accepted);
+    }
+    if !status.is_success() {
+        return Err(PostError::Failed(format!("HTTP {status}")));
+    }
+    if response.content_length().is_some_and(|n| n > MAX_REPLY_BYTES as u64) {
+        return Err(PostError::Failed(format!("reply exceeds {MAX_REPLY_BYTES} bytes")));
+    }
+    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    if content_type.starts_with("application/json") {
+        let mut body = capped(response);
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        return Ok(Reply::Json(Bytes::from(out)));
+    }
+    if content_type.starts_with("text/event-stream") {
+        return Ok(Reply::Events(events(response)));
+    }
+    Err(PostError::Failed(format!("unexpected content type {content_type:?}")))
+}
+
+/// The response body as chunks, failing once more than [`MAX_REPLY_BYTES`] arrived.
+fn capped(response: reqwest::Response) -> BoxStream<'static, Result<Bytes, PostError>> {
+    let mut seen = 0usize;
+    response
+        .bytes_stream()
+        .map(move |chunk| {
+            let chunk = chunk.map_err(|e| PostError::Failed(describe(&e)))?;
+            seen += chunk.len();
+            if seen > MAX_REPLY_BYTES {
+                return Err(PostError::Failed(format!("reply exceeds {MAX_REPLY_BYTES} bytes")));
+            }
+            Ok(chunk)
+        })
+        .boxed()
+}
+
+/// The `data` of each event of an SSE response (HTML Living Standard §9.2), empty ones
+/// (priming events, keep-alives) skipped.
+fn events(response: reqwest::Response) -> BoxStream<'static, Result<Bytes, PostError>> {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Chunk(String);
+    let body = capped(response).map(|r| r.map_err(|e| Chunk(e.to_string())));
+    sse_stream::SseStream::from_bytes_stream(body)
+        .filter_map(|event| async move {
+            match event {
+                Ok(event) => event.data.filter(|d| !d.is_empty()).map(|d| Ok(Bytes::from(d))),
+                Err(error) => Some(Err(PostError::Failed(format!("event stream: {error}")))),
+            }
+        })
+        .boxed()
+}
+
+/// A transport error without its URL's query (which could carry a secret).
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "reply could not be read"
+    } else {
+        "request failed"
+    };
+    kind.to_owned()
+}
