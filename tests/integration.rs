@@ -531,3 +531,118 @@ async fn upstream_receives_a_verifiable_identity_assertion() {
     client.cancel().await.unwrap();
     gateway.stop().await;
 }
+
+/// Messages of a `text/event-stream` body: the JSON of each event's `data`.
+fn sse_messages(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event.lines().filter_map(|line| line.strip_prefix("data:").map(str::trim_start)).collect();
+            (!data.is_empty() && !data.concat().is_empty()).then(|| serde_json::from_str(&data.join("\n")).unwrap())
+        })
+        .collect()
+}
+
+/// Raw streamable-HTTP client for one session at the gateway.
+struct RawClient {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    session: String,
+}
+
+impl RawClient {
+    async fn open(url: &str, token: &str) -> Self {
+        let http = reqwest::Client::new();
+        let mut client = Self { http, url: url.to_owned(), token: token.to_owned(), session: String::new() };
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}});
+        let response = client.post(&init).await;
+        assert_eq!(response.status(), 200);
+        client.session = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let _ = response.text().await.unwrap();
+        let initialized = client.post(&json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
+        assert_eq!(initialized.status(), 202);
+        client
+    }
+
+    async fn post(&self, body: &Value) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25");
+        if !self.session.is_empty() {
+            request = request.header("mcp-session-id", &self.session);
+        }
+        request.body(body.to_string()).send().await.unwrap()
+    }
+}
+
+/// The direct call path (router::direct): a plain `tools/call` is answered with one JSON
+/// body; progress arrives on an SSE stream before the result, with the client's own token;
+/// a cancelled call stops at once with -32800; unknown tools answer as on the rmcp path.
+#[tokio::test]
+async fn direct_call_path_answers_streams_and_cancels() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let token = gateway.token("alice", ALL_SCOPES);
+    let client = RawClient::open(&gateway.url, &token).await;
+
+    let response = client.post(&json!({"jsonrpc":"2.0","id":"a1","method":"tools/call","params":{"name":"fx__echo","arguments":{"text":"hi"}}})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json", "a plain call is answered with one JSON body");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], "a1");
+    assert_eq!(body["result"]["content"][0]["text"], "hi");
+
+    let progress = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"fx__test_tool_with_progress","arguments":{},"_meta":{"progressToken":"tok-1"}}});
+    let response = client.post(&progress).await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let messages = sse_messages(&response.text().await.unwrap());
+    let notes: Vec<&Value> = messages.iter().filter(|m| m["method"] == "notifications/progress").collect();
+    assert_eq!(notes.len(), 3, "{messages:?}");
+    assert!(notes.iter().all(|n| n["params"]["progressToken"] == "tok-1"), "{notes:?}");
+    let last = messages.last().unwrap();
+    assert_eq!(last["id"], 7);
+    assert_eq!(last["result"]["content"][0]["text"], "tok-1");
+
+    let started = Instant::now();
+    let slow_call = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"fx__slow","arguments":{"seconds":30}}});
+    let slow = client.post(&slow_call);
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.post(&json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":9,"reason":"test"}})).await
+    };
+    let (slow, cancelled) = tokio::join!(slow, cancel);
+    assert_eq!(cancelled.status(), 202);
+    let body: Value = slow.json().await.unwrap();
+    assert_eq!(body["error"]["code"], portcullis::router::REQUEST_CANCELLED, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Unknown and policy-hidden tools answer exactly as on the rmcp path.
+    let response = client.post(&json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"fx__nope","arguments":{}}})).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32602);
+    assert_eq!(body["error"]["message"], "Unknown tool: fx__nope");
+    gateway.stop().await;
+}
+
+/// Idle sessions are ended by the transport's sweeper: after `session_idle_timeout`
+/// without a request the session id answers 404, on the direct path and through rmcp.
+#[tokio::test]
+async fn idle_sessions_expire() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start_with(vec![UpstreamSpec::new("fx", &fixture.url)], |config| {
+        config.session_idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let token = gateway.token("alice", ALL_SCOPES);
+    let client = RawClient::open(&gateway.url, &token).await;
+    let echo = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fx__echo","arguments":{"text":"x"}}});
+    assert_eq!(client.post(&echo).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(client.post(&echo).await.status(), 404);
+    assert_eq!(client.post(&json!({"jsonrpc":"2.0","id":2,"method":"tools/list"})).await.status(), 404);
+    gateway.stop().await;
+}
