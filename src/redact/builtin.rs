@@ -173,10 +173,18 @@ impl Builtin {
                 let start = found.start();
                 let mut value = found.as_str();
                 if &*rule.kind == "secret_assignment" {
-                    // An unquoted value ends before trailing spaces and closing punctuation.
-                    value = value.trim_end_matches([' ', '\t', ',', ';', ')', '}', ']']);
+                    // A quoted value is a literal whatever it holds, and its quotes delimit it.
+                    let quoted = text[..start].ends_with(['"', '\'', '`']);
+                    if !quoted {
+                        // The value is judged whole (`{name}` is a template) but ends, for
+                        // redaction, before trailing spaces and closing punctuation.
+                        value = value.trim_end_matches([' ', '\t', ',', ';']);
+                    }
                     if !plausible_assigned_secret(value) {
                         continue;
+                    }
+                    if !quoted {
+                        value = value.trim_end_matches([' ', '\t', ',', ';', ')', '}', ']']);
                     }
                 }
                 let end = start + value.len();

@@ -50,6 +50,14 @@ fn provider_keys() {
 }
 
 #[test]
+fn quoted_keyword_values_are_redacted_whole() {
+    // Closing brackets inside the quotes are part of the secret.
+    assert_eq!(scrub("api_key = \"Zr8{q2Lm9xT4vK}\"").text, "api_key = \"[REDACTED:secret_assignment]\"");
+    // Unquoted, they close the enclosing structure.
+    assert_eq!(scrub("{api_key: Zr8q2Lm9xT4vK}").text, "{api_key: [REDACTED:secret_assignment]}");
+}
+
+#[test]
 fn personal_data() {
     assert_eq!(scrub("mail alice.smith@example.org now").text, "mail [REDACTED:email] now");
     assert_eq!(scrub("call +44 20 7946 0958 today").text, "call [REDACTED:phone] today");
