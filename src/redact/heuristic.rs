@@ -122,18 +122,19 @@ pub(super) fn is_derived_uuid(value: &str) -> bool {
     shaped && matches!(bytes[14], b'1' | b'2' | b'3' | b'5' | b'6') && matches!(bytes[19], b'8' | b'9' | b'a' | b'b' | b'A' | b'B')
 }
 
-/// Whether `value` is more than filler (`XXXX`, `****`, `0000`) or a template reference
-/// (`{name}`, `<name>`, `${NAME}`, `%s`).
+/// Whether `value` is more than filler (`XXXX`, `****`, `0000`, `XXXX-XXXX`) or a template
+/// reference (`{name}`, `<name>`, `${NAME}`, `%s`). Filler repeats one letter or digit; a
+/// single letter among symbols (`A,.:-@*?!`) is not filler.
 pub(super) fn not_filler(value: &str) -> bool {
     let value = value.trim();
-    let mut alnum = value.chars().filter(|c| c.is_ascii_alphanumeric());
-    let Some(first) = alnum.next() else { return false };
-    let same = alnum.all(|c| c.eq_ignore_ascii_case(&first));
+    let alnum: Vec<char> = value.chars().filter(char::is_ascii_alphanumeric).collect();
+    let Some(first) = alnum.first() else { return false };
+    let same = alnum.len() > 1 && alnum.iter().all(|c| c.eq_ignore_ascii_case(first));
     let template = (value.starts_with('{') && value.ends_with('}'))
         || (value.starts_with('<') && value.ends_with('>'))
         || value.starts_with("${")
         || value.starts_with('%');
-    !(template || same && value.len() > 1)
+    !(template || same)
 }
 
 /// Whether a keyword-assigned value looks like a secret rather than a reference or placeholder:

@@ -267,3 +267,13 @@ fn gitleaks_keyword_rules_exist_and_are_checked() {
     assert!(heuristic::is_sequential(&token[4..]));
     assert!(kinds_unmerged(token).contains(&"github_pat".to_owned()));
 }
+
+#[test]
+fn a_single_letter_among_symbols_is_not_filler() {
+    // detect-secrets' keyword tests: a password of symbols and one letter is a secret.
+    assert_eq!(scrub("secrete = A,.:-¨@*¿?!").text, "secrete = [REDACTED:secret_assignment]");
+    assert!(heuristic::not_filler("A,.:-@*?!"));
+    for filler in ["XXXX", "xxxx-xxxx", "0000", "****", "x.x"] {
+        assert!(!heuristic::not_filler(filler), "{filler}");
+    }
+}
