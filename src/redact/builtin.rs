@@ -71,10 +71,11 @@ const RULES: &[RuleSpec] = &[
     // RFC 3986 §3.2.1 userinfo `user:password@`.
     ("password_in_url", r#"(?i)(?-u:\b)[a-z][a-z0-9+.-]*://[^/\s:@"'<>;]+:([^/\s@"'<>;]+)@"#, 1, not_placeholder),
     // Keyword assignments in code, config and logs: `password = "…"`, `api_key: …`,
-    // `db_pass := …`, `"secret": "…"`. An unquoted value runs to the end of the line.
+    // `db_pass := …`, `"secret": "…"`. An unquoted value runs to the end of the line. Longer
+    // operators come first: the first alternative that lets the pattern match wins.
     (
         "secret_assignment",
-        r#"(?i)[a-z0-9_.\[\]-]*(?:passw(?:or)?d|(?:(?-u:\b)|_)pass(?:(?-u:\b)|_)|pwd|secrete?|api[_-]?key|private[_-]?key|access[_-]?key|secret[_-]?key|auth[_-]?token|access[_-]?token|access[_-]?(?:key[_-]?)?id|credentials?)[a-z0-9_\[\]-]*["'\]]{0,2}[ \t]*(?:=|:=|::|=>|==|===|!=|!==|:)[ \t]*(?:"([^"\r\n]{4,})"|'([^'\r\n]{4,})'|`([^`\r\n]{4,})`|([^\s"'`][^\r\n"'`]{3,}))"#,
+        r#"(?i)[a-z0-9_.\[\]-]*(?:passw(?:or)?d|(?:(?-u:\b)|_)pass(?:(?-u:\b)|_)|pwd|secrete?|api[_-]?key|private[_-]?key|access[_-]?key|secret[_-]?key|auth[_-]?token|access[_-]?token|access[_-]?(?:key[_-]?)?id|credentials?)[a-z0-9_\[\]-]*["'\]]{0,2}[ \t]*(?:===|!==|==|!=|=>|:=|::|=|:)[ \t]*(?:"([^"\r\n]{4,})"|'([^'\r\n]{4,})'|`([^`\r\n]{4,})`|([^\s"'`][^\r\n"'`]{3,}))"#,
         0,
         non_empty,
     ),

@@ -277,3 +277,11 @@ fn a_single_letter_among_symbols_is_not_filler() {
         assert!(!heuristic::not_filler(filler), "{filler}");
     }
 }
+
+#[test]
+fn keyword_operators_are_not_part_of_the_value() {
+    for op in ["=>", "==", "===", "!=", "!==", ":=", "::", "=", ":"] {
+        let text = format!("db_pass {op} hZ8q2Lm9xT4v");
+        assert_eq!(scrub(&text).text, format!("db_pass {op} [REDACTED:secret_assignment]"), "{op}");
+    }
+}
