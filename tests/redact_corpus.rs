@@ -1,7 +1,9 @@
 //! Measures the scrubber on the labelled corpora in `tests/data/corpora/` (see its README for
 //! sources and licences), prints a table and asserts the thresholds of issue 4:
 //! recall on `secret` rows of the gitleaks and detect-secrets sets ≥ 95 %, false positives on
-//! their `not_secret` rows ≤ 5 %, Luhn-invalid card numbers never redacted, valid ones always.
+//! their `not_secret` rows ≤ 5 % (the labelled rule firing, for gitleaks; any redaction, for
+//! detect-secrets, held at its measured 16.1 %: see the assertion), Luhn-invalid card numbers
+//! never redacted, valid ones always.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{fmt::Write as _, path::Path};
@@ -215,9 +217,11 @@ fn corpus_recall_and_false_positives() {
     // real secrets of another kind (a Cloudflare origin CA key is not a global API key), so the
     // false positive is the labelled rule firing.
     assert!(labelled.fp_rate() <= 0.05, "gitleaks labelled-rule false positives {:.3} > 0.05", labelled.fp_rate());
-    // Any redaction at all in a detect-secrets `not_secret` row: not held to 5 % (see
-    // tests/data/corpora/README.md, "Measured"); this bound catches regressions.
-    assert!(detect.fp_rate() <= 0.25, "detect-secrets false positives {:.3} > 0.25", detect.fp_rate());
+    // Any redaction at all in a detect-secrets `not_secret` row. Issue 4 asks for 5 %; 9 of 56
+    // rows (16.1 %) stay flagged because no filter drops them without dropping real secrets
+    // (tests/data/corpora/README.md, "Measured", lists each and why). This bound is that level:
+    // one more flagged row fails.
+    assert!(detect.fp_rate() <= 0.165, "detect-secrets false positives {:.3} > 0.165", detect.fp_rate());
     assert!(luhn_errors.is_empty(), "{luhn_errors:#?}");
     assert!(valid >= 40 && invalid >= 30, "too few card rows: {valid} valid, {invalid} invalid");
 }

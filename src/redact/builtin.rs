@@ -3,22 +3,18 @@
 //! assignments (`password = "…"`), which no provider rule set covers generically.
 //!
 //! Each rule redacts one capture group (the value), so the name of what was redacted stays
-//! readable: `Authorization: Bearer [REDACTED:bearer_token]`.
+//! readable: `Authorization: Bearer [REDACTED:bearer_token]`. Values found by their name
+//! (keyword assignments, URL parameters) must look like secrets: see
+//! [`heuristic`](super::heuristic).
 
 use std::sync::Arc;
 
 use regex::{Regex, RegexSet};
 
-use super::{Error, Finding, gitleaks::shannon_entropy};
-
-/// Minimum Shannon entropy (bits per character) of a keyword-assigned value
-/// (`password = "…"`): placeholders such as `changeme` or `real_key` fall below it.
-const ASSIGNMENT_MIN_ENTROPY: f64 = 2.95;
-
-/// Words that mark an assigned value as a placeholder (`insert_key_here`, `your-api-key`,
-/// `fakepassword`, `changeme`), as in the documentation and tests secret scanners see.
-const PLACEHOLDER_WORDS: &[&str] =
-    &["fake", "dummy", "example", "sample", "placeholder", "insert", "your_", "your-", "here", "changeme", "change_me", "redacted", "password", "secret", "xxxx"];
+use super::{
+    Error, Finding,
+    heuristic::{is_indirect_reference, not_filler, not_secret_by_form, plausible_assigned_secret},
+};
 
 struct Rule {
     kind: Arc<str>,
@@ -70,15 +66,16 @@ const RULES: &[RuleSpec] = &[
         "secret_parameter",
         r#"(?im)(?:^|[?&;])(?:access_token|refresh_token|id_token|token|auth_token|api_key|apikey|api-key|key|secret|client_secret|password|passwd|pwd|code|sig|signature|x-amz-signature|x-amz-security-token|x-goog-signature|session|sessionid|session_id|_authtoken)=([^&\s"'#<>]+)"#,
         1,
-        not_placeholder,
+        parameter_value,
     ),
     // RFC 3986 §3.2.1 userinfo `user:password@`.
     ("password_in_url", r#"(?i)(?-u:\b)[a-z][a-z0-9+.-]*://[^/\s:@"'<>;]+:([^/\s@"'<>;]+)@"#, 1, not_placeholder),
     // Keyword assignments in code, config and logs: `password = "…"`, `api_key: …`,
-    // `db_pass := …`, `"secret": "…"`. An unquoted value runs to the end of the line.
+    // `db_pass := …`, `"secret": "…"`. An unquoted value runs to the end of the line. Longer
+    // operators come first: the first alternative that lets the pattern match wins.
     (
         "secret_assignment",
-        r#"(?i)[a-z0-9_.\[\]-]*(?:passw(?:or)?d|(?:(?-u:\b)|_)pass(?:(?-u:\b)|_)|pwd|secrete?|api[_-]?key|private[_-]?key|access[_-]?key|secret[_-]?key|auth[_-]?token|access[_-]?token|access[_-]?(?:key[_-]?)?id|credentials?)[a-z0-9_\[\]-]*["'\]]{0,2}[ \t]*(?:=|:=|::|=>|==|===|!=|!==|:)[ \t]*(?:"([^"\r\n]{4,})"|'([^'\r\n]{4,})'|`([^`\r\n]{4,})`|([^\s"'`][^\r\n"'`]{3,}))"#,
+        r#"(?i)[a-z0-9_.\[\]-]*(?:passw(?:or)?d|(?:(?-u:\b)|_)pass(?:(?-u:\b)|_)|pwd|secrete?|api[_-]?key|private[_-]?key|access[_-]?key|secret[_-]?key|auth[_-]?token|access[_-]?token|access[_-]?(?:key[_-]?)?id|credentials?)[a-z0-9_\[\]-]*["'\]]{0,2}[ \t]*(?:===|!==|==|!=|=>|:=|::|=|:)[ \t]*(?:"([^"\r\n]{4,})"|'([^'\r\n]{4,})'|`([^`\r\n]{4,})`|([^\s"'`][^\r\n"'`]{3,}))"#,
         0,
         non_empty,
     ),
@@ -109,18 +106,10 @@ fn not_placeholder(value: &str) -> bool {
     alphanumeric_count(value) >= 4 && not_filler(value)
 }
 
-/// Whether `value` is more than filler (`XXXX`, `****`, `0000`) or a template reference
-/// (`{name}`, `<name>`, `${NAME}`, `%s`).
-fn not_filler(value: &str) -> bool {
-    let value = value.trim();
-    let mut alnum = value.chars().filter(|c| c.is_ascii_alphanumeric());
-    let Some(first) = alnum.next() else { return false };
-    let same = alnum.all(|c| c.eq_ignore_ascii_case(&first));
-    let template = (value.starts_with('{') && value.ends_with('}'))
-        || (value.starts_with('<') && value.ends_with('>'))
-        || value.starts_with("${")
-        || value.starts_with('%');
-    !(template || same && value.len() > 1)
+/// Whether a secret-named URL or form parameter's value is a real value: [`not_placeholder`],
+/// and not a template, variable, sequence or derived UUID by form ([`not_secret_by_form`]).
+fn parameter_value(value: &str) -> bool {
+    not_placeholder(value) && !not_secret_by_form(value)
 }
 
 fn alphanumeric_count(value: &str) -> usize {
@@ -173,10 +162,22 @@ impl Builtin {
                 let start = found.start();
                 let mut value = found.as_str();
                 if &*rule.kind == "secret_assignment" {
-                    // An unquoted value ends before trailing spaces and closing punctuation.
-                    value = value.trim_end_matches([' ', '\t', ',', ';', ')', '}', ']']);
+                    // A quoted value is a literal whatever it holds, and its quotes delimit it.
+                    let quoted = text[..start].ends_with(['"', '\'', '`']);
+                    if !quoted {
+                        // A call or subscript is a reference to a secret, not one.
+                        if is_indirect_reference(&text[start..]) {
+                            continue;
+                        }
+                        // The value is judged whole (`{name}` is a template) but ends, for
+                        // redaction, before trailing spaces and closing punctuation.
+                        value = value.trim_end_matches([' ', '\t', ',', ';']);
+                    }
                     if !plausible_assigned_secret(value) {
                         continue;
+                    }
+                    if !quoted {
+                        value = value.trim_end_matches([' ', '\t', ',', ';', ')', '}', ']']);
                     }
                 }
                 let end = start + value.len();
@@ -187,30 +188,4 @@ impl Builtin {
             }
         }
     }
-}
-
-/// Whether a keyword-assigned value looks like a secret rather than a reference or placeholder:
-/// it has an alphanumeric character, is not a variable or template reference (`$VAR`, `${x}`,
-/// `{{x}}`, `%s`, `<x>`, `process.env.X`), and is not low-entropy.
-fn plausible_assigned_secret(value: &str) -> bool {
-    let trimmed = value.trim();
-    if !trimmed.chars().any(char::is_alphanumeric) {
-        return false;
-    }
-    let reference = trimmed.starts_with('$')
-        || trimmed.starts_with("{{")
-        || trimmed.starts_with('%')
-        || (trimmed.starts_with('<') && trimmed.ends_with('>'))
-        || trimmed.starts_with("process.env")
-        || trimmed.starts_with("os.environ")
-        || trimmed.starts_with("env.")
-        || trimmed.eq_ignore_ascii_case("null")
-        || trimmed.eq_ignore_ascii_case("none")
-        || trimmed.eq_ignore_ascii_case("true")
-        || trimmed.eq_ignore_ascii_case("false")
-        || trimmed.eq_ignore_ascii_case("[redacted]")
-        || trimmed.starts_with("[REDACTED");
-    let lower = trimmed.to_ascii_lowercase();
-    let placeholder = PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w));
-    !reference && !placeholder && not_filler(trimmed) && shannon_entropy(trimmed) >= ASSIGNMENT_MIN_ENTROPY
 }

@@ -9,6 +9,11 @@
 //! match or the line per `regexTarget`, and `stopwords`) drop what they allow. Path and commit
 //! allowlists never apply: the scrubber sees text, not files.
 //!
+//! Beyond gitleaks: the rules that find a free-form value by the name it is assigned to
+//! ([`KEYWORD_RULES`]) drop values that are not secrets by form (templates, variables,
+//! sequences, derived UUIDs; see [`heuristic`](super::heuristic)), as the scrubber's own keyword
+//! rules do. Provider rules with a fixed token format are left as gitleaks has them.
+//!
 //! Go's RE2 classes `\w`, `\d` and `\s` are ASCII-only; they are rewritten to explicit ASCII
 //! classes before compiling, which is both faithful to gitleaks and much smaller than Rust's
 //! Unicode classes.
@@ -19,13 +24,34 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
-use super::{Error, Finding};
+use super::{Error, Finding, heuristic};
 
 /// The rule file, compiled into the binary.
 pub(super) const GITLEAKS_TOML: &str = include_str!("rules/gitleaks.toml");
 
 /// Compiled-size cap per rule regex (bytes); the largest gitleaks rule needs well under this.
 const REGEX_SIZE_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Rules whose secret is a free-form value recognised only by the name it is assigned to (no
+/// provider prefix, no fixed format), and the check their secrets must pass.
+pub(super) const KEYWORD_RULES: &[(&str, Check)] = &[
+    ("generic-api-key", Check::Form),
+    ("nuget-config-password", Check::Form),
+    // gitleaks runs this `password = "…"` rule on `.tf` and `.hcl` files only; on text of
+    // unknown type it is a keyword assignment like the built-in `secret_assignment` rule and is
+    // held to the same test (it would otherwise re-flag the placeholders that rule drops).
+    ("hashicorp-tf-password", Check::Assignment),
+];
+
+/// A check on a keyword rule's secret (see [`KEYWORD_RULES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Check {
+    /// Not a template, variable, sequence or derived UUID ([`heuristic::not_secret_by_form`]).
+    Form,
+    /// The built-in keyword-assignment test ([`heuristic::plausible_assigned_secret`]), of
+    /// which [`Check::Form`] is a part, on the value inside its quotes.
+    Assignment,
+}
 
 #[derive(Deserialize)]
 struct File {
@@ -89,6 +115,7 @@ struct Rule {
     secret_group: Option<usize>,
     entropy: Option<f64>,
     generic: bool,
+    check: Option<Check>,
     allowlists: Vec<Allowlist>,
 }
 
@@ -146,6 +173,7 @@ impl Rules {
                 secret_group: rule.secret_group,
                 entropy: rule.entropy,
                 generic: rule.id.starts_with("generic"),
+                check: KEYWORD_RULES.iter().find(|(id, _)| *id == rule.id).map(|(_, check)| *check),
                 allowlists,
             });
         }
@@ -199,6 +227,9 @@ impl Rules {
             if rule.generic && !value.bytes().any(|b| b.is_ascii_digit()) {
                 continue;
             }
+            if rule.check.is_some_and(|check| !check.passes(value)) {
+                continue;
+            }
             let line = line_around(text, whole.start(), whole.end());
             let allowed = |list: &Allowlist| list.allows(value, whole.as_str(), line);
             if self.global.as_ref().is_some_and(allowed) || rule.allowlists.iter().any(allowed) {
@@ -207,6 +238,29 @@ impl Rules {
             findings.push(Finding { kind: rule.kind.clone(), start: secret.start(), end: secret.end() });
         }
     }
+}
+
+// === impl Check ===
+
+impl Check {
+    /// Whether `secret` passes the check.
+    fn passes(self, secret: &str) -> bool {
+        let value = unquote(secret);
+        match self {
+            Self::Form => !heuristic::not_secret_by_form(value),
+            Self::Assignment => heuristic::plausible_assigned_secret(value),
+        }
+    }
+}
+
+/// `value` without one pair of surrounding quotes (`"…"`, `'…'`, `` `…` ``).
+fn unquote(value: &str) -> &str {
+    for quote in ['"', '\'', '`'] {
+        if let Some(inner) = value.strip_prefix(quote).and_then(|v| v.strip_suffix(quote)) {
+            return inner;
+        }
+    }
+    value
 }
 
 // === impl Allowlist ===

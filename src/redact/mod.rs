@@ -13,6 +13,12 @@
 //!   passwords in URLs, keyword assignments; and personal data: e-mail addresses, phone
 //!   numbers, Luhn-valid payment card numbers, mod-97-valid IBANs.
 //!
+//! A value found only by the name it is assigned to (keyword assignments, secret-named URL
+//! parameters, gitleaks' `generic-api-key`) is dropped when its form says it is no secret: a
+//! template, a variable, a call, a run of the alphabet, a UUID built from a clock or a name
+//! (detect-secrets' heuristic filters, [`heuristic`]). Provider tokens with a fixed format are
+//! never second-guessed.
+//!
 //! Invariants:
 //! - a replacement keeps the kind: `[REDACTED:aws_access_token]`; kinds are rule ids with `-`
 //!   written `_`;
@@ -24,6 +30,7 @@
 
 mod builtin;
 mod gitleaks;
+mod heuristic;
 mod json;
 mod pii;
 mod writer;

@@ -50,6 +50,14 @@ fn provider_keys() {
 }
 
 #[test]
+fn quoted_keyword_values_are_redacted_whole() {
+    // Closing brackets inside the quotes are part of the secret.
+    assert_eq!(scrub("api_key = \"Zr8{q2Lm9xT4vK}\"").text, "api_key = \"[REDACTED:secret_assignment]\"");
+    // Unquoted, they close the enclosing structure.
+    assert_eq!(scrub("{api_key: Zr8q2Lm9xT4vK}").text, "{api_key: [REDACTED:secret_assignment]}");
+}
+
+#[test]
 fn personal_data() {
     assert_eq!(scrub("mail alice.smith@example.org now").text, "mail [REDACTED:email] now");
     assert_eq!(scrub("call +44 20 7946 0958 today").text, "call [REDACTED:phone] today");
@@ -162,4 +170,118 @@ fn make_writer_scrubs_tracing_events() {
     assert!(!text.contains("abcdefghijklmnop") && !text.contains("dave@example.com"), "{text}");
     assert!(text.contains("[REDACTED:email]"), "{text}");
     serde_json::from_str::<serde_json::Value>(text.trim()).unwrap();
+}
+
+/// Whether any rule, gitleaks and detect-secrets ports included, flags `text`.
+fn flagged(text: &str) -> bool {
+    !Scrubber::global().find_unmerged(text).is_empty()
+}
+
+#[test]
+fn keyword_values_that_are_templates_are_not_secrets() {
+    for text in ["api_key: \"{deploy_api_key}\"", "api_key = <api-key-of-the-deploy-bot>", "private_key = ${PRIVATE_KEY_PEM}"] {
+        assert!(!flagged(text), "{text}: {:?}", Scrubber::global().find_unmerged(text));
+    }
+    assert!(heuristic::is_templated("{{ .Values.apiKey }}") && heuristic::is_templated("x"));
+    // Braces inside a value do not make it a template.
+    assert!(flagged("api_key: \"q8{Zr2Lm9xT4vK7w\""));
+    assert!(!heuristic::is_templated("m{{h}o)p${e]nob(ody[finds>-_$#thisone}}"));
+}
+
+#[test]
+fn keyword_values_that_are_variables_are_not_secrets() {
+    for text in ["api_key = $DEPLOY_API_KEY", "api_key=$(vault read -field=key secret/deploy)", "db_pass = $1", "$db_password = $_POST['pw'];"] {
+        assert!(!flagged(text), "{text}: {:?}", Scrubber::global().find_unmerged(text));
+    }
+    // A crypt hash starts with `$` but is no variable: it is still redacted.
+    let bcrypt = "db_pass = $2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
+    assert_eq!(scrub(bcrypt).text, "db_pass = [REDACTED:secret_assignment]");
+    for hash in ["$6$rounds=5000$saltsalt$abc", "$apr1$x8Kq$Zz", "$argon2id$v=19$m=65536"] {
+        assert!(!heuristic::is_variable_reference(hash), "{hash}");
+    }
+}
+
+#[test]
+fn keyword_values_that_are_calls_or_subscripts_are_not_secrets() {
+    for text in ["api_key = os.getenv(\"DEPLOY_API_KEY\")", "api_key = request.headers['x-api-key']", "private_key = load_pem(path)"] {
+        assert!(!flagged(text), "{text}: {:?}", Scrubber::global().find_unmerged(text));
+    }
+    // Quoted, the same characters are a literal; unclosed, no call.
+    assert!(flagged("api_key = \"fn(Q8mZ2kLp7Tw)\""));
+    assert!(flagged("api_key = Zx9(Qm2kLp7Tw4v"));
+    assert!(heuristic::is_indirect_reference("cfg['k'] # comment"));
+    assert!(!heuristic::is_indirect_reference("Zx9(Qm2kLp7Tw4v\n)"));
+}
+
+#[test]
+fn keyword_values_that_are_sequences_are_not_secrets() {
+    for text in ["api_key = \"ABCDEFGHIJKLMNOP\"", "secret_key=0123456789abcdef", "api_key: xyzabcdefgh"] {
+        assert!(!flagged(text), "{text}: {:?}", Scrubber::global().find_unmerged(text));
+    }
+    assert!(heuristic::is_sequential("7890123456") && heuristic::is_sequential("UVWXYZ0123"));
+    assert!(flagged("api_key = \"Q7mZ2kLp9Tw4Xr8v\""));
+    assert!(!heuristic::is_sequential("1234567890abcdef1234567890abcdef1234567890abcdef"));
+}
+
+#[test]
+fn keyword_values_that_are_derived_uuids_are_not_secrets() {
+    // Version 1 (clock and MAC address) and version 5 (hash of a name).
+    for text in ["_authToken=743b294a-cd03-11ec-9d64-0242ac120002", "auth_token: 886313e1-3b8a-5372-9b90-0c9aee199e5d", "GET /x?token=743b294a-cd03-11ec-9d64-0242ac120002"] {
+        assert!(!flagged(text), "{text}: {:?}", Scrubber::global().find_unmerged(text));
+    }
+    // A random (version 4) UUID is how some providers issue keys: still a secret.
+    for text in ["auth_token: dafa7817-e246-48f3-91a7-e87653d587b8", "GET /x?token=dafa7817-e246-48f3-91a7-e87653d587b8"] {
+        assert!(flagged(text), "{text}");
+    }
+    // The npm registry rule is a provider format: it redacts any UUID.
+    assert!(flagged("//registry.npmjs.org/:_authToken=743b294a-cd03-11ec-9d64-0242ac120002"));
+    // Not RFC 9562 (variant nibble `c`): not judged by version.
+    assert!(!heuristic::is_derived_uuid("743b294a-cd03-11ec-cd64-0242ac120002"));
+}
+
+#[test]
+fn keyword_values_without_letters_or_digits_are_not_secrets() {
+    assert!(heuristic::not_secret_by_form("*****") && heuristic::not_secret_by_form("',.:-¨@*¿?!'"));
+    assert!(!flagged("password: ',.:-¨@*¿?!'"));
+    // Digits alone are a PIN or a numeric password, unlike in detect-secrets.
+    assert!(!heuristic::not_secret_by_form("48213907"));
+    assert!(flagged("db_pass = 48213907"));
+}
+
+#[test]
+fn gitleaks_keyword_rules_exist_and_are_checked() {
+    for (id, _) in gitleaks::KEYWORD_RULES {
+        assert!(gitleaks::GITLEAKS_TOML.contains(&format!("id = \"{id}\"")), "{id} is not a vendored gitleaks rule");
+    }
+    let kinds_unmerged = |text: &str| -> Vec<String> { Scrubber::global().find_unmerged(text).iter().map(|f| f.kind.to_string()).collect() };
+    // hashicorp-tf-password outside a `.tf` file: held to the keyword-assignment test.
+    for text in ["password: \"real_key\"", "password := \"somefakekey\""] {
+        assert!(!flagged(text), "{text}: {:?}", kinds_unmerged(text));
+    }
+    assert!(kinds_unmerged("administrator_login_password = \"thisIsDog11\"").contains(&"hashicorp_tf_password".to_owned()));
+    // generic-api-key: a derived UUID is dropped, a random one is not.
+    assert!(!kinds_unmerged("auth_token = \"743b294a-cd03-11ec-9d64-0242ac120002\"").contains(&"generic_api_key".to_owned()));
+    assert!(kinds_unmerged("auth_token = \"dafa7817-e246-48f3-91a7-e87653d587b8\"").contains(&"generic_api_key".to_owned()));
+    // Provider rules are not second-guessed: a GitHub token whose body is a hex sequence.
+    let token = "ghp_0123456789ABCDEFABCDEF0123456789ABCD";
+    assert!(heuristic::is_sequential(&token[4..]));
+    assert!(kinds_unmerged(token).contains(&"github_pat".to_owned()));
+}
+
+#[test]
+fn a_single_letter_among_symbols_is_not_filler() {
+    // detect-secrets' keyword tests: a password of symbols and one letter is a secret.
+    assert_eq!(scrub("secrete = A,.:-¨@*¿?!").text, "secrete = [REDACTED:secret_assignment]");
+    assert!(heuristic::not_filler("A,.:-@*?!"));
+    for filler in ["XXXX", "xxxx-xxxx", "0000", "****", "x.x"] {
+        assert!(!heuristic::not_filler(filler), "{filler}");
+    }
+}
+
+#[test]
+fn keyword_operators_are_not_part_of_the_value() {
+    for op in ["=>", "==", "===", "!=", "!==", ":=", "::", "=", ":"] {
+        let text = format!("db_pass {op} hZ8q2Lm9xT4v");
+        assert_eq!(scrub(&text).text, format!("db_pass {op} [REDACTED:secret_assignment]"), "{op}");
+    }
 }
