@@ -6,7 +6,7 @@
 //!
 //! - [`init`] / [`TelemetryBuilder`]: the process-wide `tracing` subscriber. Logs are JSON
 //!   lines on stderr (human-readable text on a terminal), filtered by `PORTCULLIS_LOG`
-//!   (default `info,rmcp=warn`); when an OTLP endpoint is set (`OTEL_EXPORTER_OTLP_*` or
+//!   (default `info,rmcp=warn,portcullis::access=off`); when an OTLP endpoint is set (`OTEL_EXPORTER_OTLP_*` or
 //!   `telemetry.otlp_endpoint`) the gateway's spans are also exported over OTLP/HTTP
 //!   (protobuf), honouring the standard `OTEL_*` variables. [`TelemetryGuard`] flushes the
 //!   exporter when dropped.
@@ -34,6 +34,7 @@ pub mod span;
 
 use std::{collections::HashMap, io::IsTerminal as _};
 
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::{
     EnvFilter, Layer as _, Registry,
     filter::Targets,
@@ -50,7 +51,7 @@ pub use span::{AccessLog, McpSpanExt, client_span, server_span};
 /// Variable holding the log filter (`tracing_subscriber::EnvFilter` syntax).
 pub const LOG_ENV: &str = "PORTCULLIS_LOG";
 /// Log filter used when [`LOG_ENV`] is unset or empty.
-pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn,portcullis::access=off";
 /// Health component of the OTLP trace exporter ([`TelemetryBuilder::health`]).
 pub const EXPORTER_COMPONENT: &str = "trace_exporter";
 
@@ -220,7 +221,11 @@ impl TelemetryBuilder {
                 (Some(layer), Some(provider))
             }
         };
-        let subscriber = Registry::default().with(otel).with(fmt.with_filter(filter));
+        // The per-request `mcp.*` spans are for traces, not for log lines: the fmt layer would
+        // format every field of every request's spans (≈10 % of a small call's CPU, issue 7
+        // profile) only to print them with the rare event logged inside a request.
+        let not_request_span = tracing_subscriber::filter::filter_fn(|meta| !(meta.is_span() && meta.name().starts_with("mcp.")));
+        let subscriber = Registry::default().with(otel).with(fmt.with_filter(filter.and(not_request_span)));
         Ok((tracing::Dispatch::new(subscriber), TelemetryGuard { provider }))
     }
 

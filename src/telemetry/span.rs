@@ -212,8 +212,8 @@ impl McpSpanExt for tracing::Span {
 // === impl AccessLog ===
 
 impl AccessLog<'_> {
-    /// Writes the line: an `info` event with target `portcullis::access` (filter it with
-    /// `PORTCULLIS_LOG=…,portcullis::access=off`), fields `principal`, `client_id`, `method`,
+    /// Writes the line: an `info` event with target `portcullis::access` (off by default;
+    /// enable it with `PORTCULLIS_LOG=info,portcullis::access=info`), fields `principal`, `client_id`, `method`,
     /// `target_name` (not `target`: JSON lines already carry the event's `target`),
     /// `outcome`, `latency_ms`.
     pub fn emit(&self) {

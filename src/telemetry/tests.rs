@@ -279,6 +279,7 @@ async fn tools_call_exports_server_and_client_spans_in_the_clients_trace() {
         ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-tenant=acme"),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test"),
         ("OTEL_SERVICE_NAME", "portcullis-test"),
+        ("PORTCULLIS_LOG", "info,rmcp=warn,portcullis::access=info"),
     ]);
     let logs = Buffer::default();
     let health = Health::new();
@@ -394,7 +395,8 @@ async fn tools_call_exports_server_and_client_spans_in_the_clients_trace() {
         assert!(attribute(&span.attributes, "otel.name").is_none() && attribute(&span.attributes, "otel.kind").is_none());
     }
 
-    // The access line: one JSON object with the request's summary.
+    // The access line (enabled above; off by default): one JSON object with the request's
+    // summary.
     let logs = logs.text();
     let line = logs.lines().find(|l| l.contains("portcullis::access")).expect("an access line");
     let line: serde_json::Value = serde_json::from_str(line).unwrap();
