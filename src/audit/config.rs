@@ -49,6 +49,22 @@ pub struct AuditConfig {
     pub replica_id: Option<String>,
     /// Connections in the store's pool (default 4).
     pub max_connections: u32,
+    /// SQLite only: when a commit counts as durable (default `full`). See [`SqliteDurability`].
+    pub sqlite_synchronous: SqliteDurability,
+}
+
+/// SQLite's `synchronous` setting for the audit file (WAL mode), i.e. what "the intent row is
+/// durable" means before a call is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqliteDurability {
+    /// `synchronous=FULL`: every commit is fsynced before it returns; survives power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: a commit survives a crash of the gateway process, but the last
+    /// commits before an operating-system crash or power loss may be lost (WAL is fsynced at
+    /// checkpoints only). Saves one fsync per commit; logged as a warning at start.
+    Normal,
 }
 
 /// Which database holds the audit trail.
@@ -83,6 +99,8 @@ pub struct AuditSettings {
     pub replica_id: String,
     /// Pool size.
     pub max_connections: u32,
+    /// SQLite commit durability.
+    pub sqlite_synchronous: SqliteDurability,
 }
 
 // === impl AuditConfig ===
@@ -99,6 +117,7 @@ impl Default for AuditConfig {
             max_pending: 10_000,
             replica_id: None,
             max_connections: 4,
+            sqlite_synchronous: SqliteDurability::Full,
         }
     }
 }
@@ -152,6 +171,7 @@ impl AuditSettings {
             max_pending: config.max_pending,
             replica_id,
             max_connections: config.max_connections,
+            sqlite_synchronous: config.sqlite_synchronous,
         })
     }
 

@@ -52,7 +52,7 @@ use tokio::{
     time::Instant,
 };
 
-pub use config::{AuditConfig, AuditSettings, Backend, FailureMode};
+pub use config::{AuditConfig, AuditSettings, Backend, FailureMode, SqliteDurability};
 pub use row::Row;
 pub use verify::{Broken, Problem, VerifyOutcome, VerifyReport, export, parse_since, verify};
 

@@ -131,8 +131,15 @@ impl Store {
                 let options = SqliteConnectOptions::from_str(url)?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    // FULL: a commit is on disk when it returns (the intent must be durable).
-                    .synchronous(SqliteSynchronous::Full)
+                    // FULL (default): a commit is on disk when it returns (the intent must be
+                    // durable); NORMAL only when the operator chose it (audit.sqlite_synchronous).
+                    .synchronous(match settings.sqlite_synchronous {
+                        super::config::SqliteDurability::Full => SqliteSynchronous::Full,
+                        super::config::SqliteDurability::Normal => {
+                            tracing::warn!("audit.sqlite_synchronous = \"normal\": audit commits survive a gateway crash but not an OS crash or power loss");
+                            SqliteSynchronous::Normal
+                        }
+                    })
                     .busy_timeout(Duration::from_secs(10));
                 if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| Error::Store(sqlx::Error::Io(e)))?;
