@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 /// Lanes scanned in lock step.
 const LANES: usize = 4;
 /// Views shorter than this (bytes) are scanned in one lane.
-const MIN_LANE_SCAN: usize = LANES * 64;
+const MIN_LANE_SCAN: usize = LANES * 32;
 
 /// One occurrence: `(start, end, literal)`; `start..end` in bytes, `literal` the index into the
 /// literals given to [`Anchors::new`].

@@ -269,7 +269,9 @@ fn scan_view(view: &str, surface: Surface, allowed: &dyn Fn(&str) -> bool, found
         found.add(id, family);
     }
     scan_urls(rules, view, allowed, found);
-    for comment in rules.html_comment.captures_iter(view.as_bytes()) {
+    let bytes = view.as_bytes();
+    let comments = (memchr::memchr(b'<', bytes).is_some() && memchr::memmem::find(bytes, b"<!--").is_some()).then_some(&rules.html_comment);
+    for comment in comments.into_iter().flat_map(|re| re.captures_iter(bytes)) {
         let body = comment.get(1).map_or(&b""[..], |m| m.as_bytes());
         if body.len() >= 40 && rules.comment_instruction.is_match(body) {
             found.add("hidden.html_comment", Family::HiddenInstruction);
@@ -348,7 +350,10 @@ fn scan_urls(rules: &rules::Compiled, view: &str, allowed: &dyn Fn(&str) -> bool
     for link in markdown_links(bytes) {
         check(view.get(link.url.clone()), if link.image { UrlKind::Image } else { UrlKind::Link });
     }
-    for re in [&rules.md_reference, &rules.html_img] {
+    // Each regex runs only when the view has a literal every match contains (`]:`, `<`).
+    let reference = memchr::memchr(b']', bytes).is_some() && memchr::memmem::find(bytes, b"]:").is_some();
+    let tag = memchr::memchr(b'<', bytes).is_some();
+    for re in [reference.then_some(&rules.md_reference), tag.then_some(&rules.html_img)].into_iter().flatten() {
         for cap in re.captures_iter(bytes) {
             if let Some(url) = cap.get(1) {
                 check(view.get(url.range()), UrlKind::Image);
@@ -509,8 +514,12 @@ struct Base64Runs<'a> {
 }
 
 impl<'a> Base64Runs<'a> {
-    /// End of the run of `class` bytes from `at`.
+    /// End of the run of `class` bytes from `at`: sixteen bytes at a time (no early exit inside
+    /// a block), then byte by byte.
     fn run_end(&self, mut at: usize, class: u8) -> usize {
+        while self.hay.get(at..at + 16).is_some_and(|block| block.iter().fold(true, |all, &b| all & (B64_CLASS[usize::from(b)] & class != 0))) {
+            at += 16;
+        }
         while self.hay.get(at).is_some_and(|&b| B64_CLASS[usize::from(b)] & class != 0) {
             at += 1;
         }
