@@ -1,5 +1,6 @@
 //! Guard scan cost: µs per KiB on benign and hostile text, and the latency the guard adds to
-//! one `tools/call` result (p50/p99 of `Guard::sanitize_tool_result`).
+//! one `tools/call` result (p50/p99 of `Guard::sanitize_tool_result`), for the corpus's tool
+//! outputs and for 64 KiB results.
 //!
 //! `cargo bench --bench guard`. Inputs are the development corpora in `tests/data/corpora/`:
 //! benign = `benign_text.jsonl` + `benign_tool_outputs.jsonl`; hostile = the tool-result
@@ -112,5 +113,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         percentile(&samples, 0.50),
         percentile(&samples, 0.99)
     );
+
+    // 64 KiB results, as in the load harness: its `large_result` (one character repeated) and
+    // benign tool outputs joined up to 64 KiB (real JSON and text).
+    let mut joined = String::new();
+    for text in outputs.iter().cycle().take(outputs.len() * 16) {
+        if joined.len() + text.len() > 64 * 1024 {
+            break;
+        }
+        joined.push_str(text);
+        joined.push('\n');
+    }
+    for (name, text) in [("64 KiB of 'x' (the load harness's large_result)", "x".repeat(64 * 1024)), ("benign tool outputs joined", joined)] {
+        let mut samples = Vec::new();
+        for _ in 0..200 {
+            let mut result = CallToolResult::success(vec![ContentBlock::text(text.clone())]);
+            let start = Instant::now();
+            let outcome = guard.sanitize_tool_result("bench", &mut result);
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+            std::hint::black_box(outcome);
+        }
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "guard on a {:.0} KiB tools/call result, {name}: p50 {:.0} µs, p99 {:.0} µs",
+            text.len() as f64 / 1024.0,
+            percentile(&samples, 0.50),
+            percentile(&samples, 0.99)
+        );
+    }
     Ok(())
 }

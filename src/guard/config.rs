@@ -282,9 +282,15 @@ impl Policy {
 
     /// Whether `host` (from a URL) is on the allow-list: equal to an entry or a subdomain of it.
     pub fn host_allowed(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        // ASCII case-insensitive without a lowercase copy: the entries are lowercase already.
+        let host = host.trim_end_matches('.').as_bytes();
         self.allow_hosts.iter().any(|allowed| {
-            host == *allowed || (host.len() > allowed.len() && host.ends_with(allowed.as_str()) && host.as_bytes()[host.len() - allowed.len() - 1] == b'.')
+            let allowed = allowed.as_bytes();
+            match host.len().checked_sub(allowed.len()) {
+                Some(0) => host.eq_ignore_ascii_case(allowed),
+                Some(dot) => host[dot..].eq_ignore_ascii_case(allowed) && host[dot - 1] == b'.',
+                None => false,
+            }
         })
     }
 }

@@ -2,19 +2,33 @@
 //!
 //! Phrase patterns are byte regexes over the normalized view in ASCII mode (`(?-u)`): the view
 //! has already folded compatibility forms and confusables to ASCII, and ASCII word boundaries
-//! keep the matcher on the DFA engines. One Aho-Corasick pass over every rule's anchor words
-//! picks the rules worth running. Literal chat-template tokens run
-//! through one Aho-Corasick automaton. URL rules are procedural (host allow-list, data checks).
+//! keep the matcher on the DFA engines. Literal chat-template tokens are found by the same
+//! automaton pass as the anchors (below). URL rules are procedural (host allow-list, data
+//! checks).
 //!
-//! Invariant: rule ids are stable API (they appear in `_meta`, audit rows and metrics); add new
-//! ids rather than renaming old ones.
+//! How phrase rules run ([`Compiled::phrases`]): one pass of the anchor automaton
+//! ([`super::anchors`]) finds every occurrence of every rule's *anchors*, literals of which at
+//! least one lies inside every match of the rule. Each rule is split into its top-level alternatives (*branches*); a branch only runs
+//! on *windows* around the rule's anchor occurrences: from an occurrence, outwards as long as
+//! the bytes are ones the branch can match at all, and no further than its longest possible
+//! match. A match contains an occurrence and only such bytes, so it lies inside a window:
+//! the windowed search finds a match exactly when a search over the whole view would. Benign
+//! text therefore costs one automaton pass plus a few short regex runs.
+//!
+//! Invariants:
+//! - rule ids are stable API (they appear in `_meta`, audit rows and metrics); add new ids
+//!   rather than renaming old ones;
+//! - every match of a phrase pattern contains one of its anchors (ASCII case-insensitive);
+//!   an anchor that spans a `[ \t]+` gap in the pattern would break this, so anchors stop at
+//!   the first space or tab (`"user "`, `"user\t"`, not `"user message"`).
 
 use std::sync::LazyLock;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Input, MatchKind};
 use regex::bytes::Regex;
+use regex_automata::{Anchored, Input, meta};
+use regex_syntax::hir::{Class, Hir, HirKind, Look};
 
-use super::{Family, Surface};
+use super::{Family, Surface, anchors::Anchors};
 
 /// Description of one rule, for documentation and `portcullis guard rules`-style listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +61,8 @@ struct PhraseRule {
     family: Family,
     /// `None`: every surface.
     only: Option<Surface>,
-    /// Literals (ASCII, case-insensitive) of which at least one occurs wherever the pattern
-    /// matches; the pattern only runs on views that contain one.
+    /// Literals (ASCII, case-insensitive) of which at least one occurs inside every match of
+    /// the pattern; the pattern only runs on windows around their occurrences.
     anchors: &'static [&'static str],
     pattern: &'static str,
 }
@@ -107,7 +121,7 @@ const PHRASES: &[PhraseRule] = &[
     },
     PhraseRule {
         id: "instruction.role_spoof",
-        anchors: &["assistant", "ai:", "ai :", "ai message", "ai response", "ai note", "system", "user:", "user :", "user message", "user prompt", "user note", "user instruction", "user update", "human", "[admin", "[developer", "[inst", "[sys"],
+        anchors: &["assistant", "ai:", "ai ", "ai\t", "system", "user:", "user ", "user\t", "human", "[admin", "[developer", "[inst", "[sys"],
         family: Family::Instruction,
         only: None,
         pattern: r#"(?m-u)^[ \t>*#-]*(?i:assistant|ai)(?i:[ \t]+(?:message|response|note))?[ \t]*:|^[ \t>*#-]*(?i:system|user|human)(?i:[ \t]+(?:message|prompt|note|instructions?|update))?[ \t]*:(?:[ \t]+[^ \t\n]+){5}|\bSYSTEM(?:[ _](?:MESSAGE|PROMPT|NOTE|INSTRUCTIONS?|UPDATE))?[ \t]*:[ \t]|(?i)\[(?:system|assistant|admin|developer|inst|sys)(?:[ _](?:request|message|note|prompt))?(?:\]|::|:)"#,
@@ -128,7 +142,7 @@ const PHRASES: &[PhraseRule] = &[
     },
     PhraseRule {
         id: "instruction.new_instructions",
-        anchors: &["instruction", "your new", "your real", "your actual", "your true", "now on"],
+        anchors: &["instruction", "your ", "your\t", "now ", "now\t"],
         family: Family::Instruction,
         only: None,
         pattern: r#"(?i-u)\b(?:new|updated|revised|real|actual|true|secret|hidden|additional|overriding)[ \t]+(?:system[ \t]+)?instructions?[ \t]*:|\byour[ \t]+(?:new|real|actual|true)[ \t]+(?:instructions|task|goal|purpose|role)\b|\bfrom[ \t]+now[ \t]+on,?[ \t]+(?:ignore|always[ \t]+(?:respond|answer|reply)|only[ \t]+(?:respond|answer|reply)|you[ \t]+(?:are|will|must))\b"#,
@@ -142,14 +156,14 @@ const PHRASES: &[PhraseRule] = &[
     },
     PhraseRule {
         id: "hidden.directive",
-        anchors: &["directive", "instruction", "override", "requirement", "||", "act as", "bypass", "developer mode", "god mode", "jailbreak", "unrestricted"],
+        anchors: &["directive", "instruction", "override", "requirement", "||", "act as", "bypass", "developer", "god ", "god\t", "jailbreak", "unrestricted"],
         family: Family::HiddenInstruction,
         only: None,
         pattern: r#"(?-u)\[[A-Z _]{0,30}(?:DIRECTIVE|INSTRUCTIONS?|OVERRIDE|REQUIREMENT)[A-Z _]{0,20}\]|\|{2,}[ \t]*[A-Z_ ]{0,30}(?:OVERRIDE|ADMIN|SYSTEM|INSTRUCTION)[A-Z_ ]{0,30}\|{2,}|\bACT AS[ \t]*:|(?i)\b(?:system|admin|safety|security|developer|debug|god|root|emergency)[ _-]?(?:override|bypass)\b|\b(?:developer|god|jailbreak|unrestricted)[ \t]+mode\b"#,
     },
     PhraseRule {
         id: "hidden.conceal",
-        anchors: &["tell", "inform", "mention", "notify", "alert", "reveal", "disclos", "secret", "hidden", "confidential", "the user"],
+        anchors: &["tell", "inform", "mention", "notify", "alert", "reveal", "disclos", "secret", "hidden", "confidential", "user ", "user\t"],
         family: Family::HiddenInstruction,
         only: None,
         pattern: r#"(?i-u)\b(?:do[ \t]*not|don't|dont|never|no[ \t]+need[ \t]+to|without|must[ \t]+not|should[ \t]+not|shouldn't|mustn't)[ \t]+(?:\w+[ \t]+){0,2}?(?:tell|tells|telling|inform|informing|mention|mentioning|notify|notifying|alert|alerting|reveal|revealing|disclose|disclosing)[ \t]+(?:\w+[ \t]+){0,4}?(?:user|users|human|operator|requester)\b|\b(?:keep|hide)[ \t]+(?:this|it|these|that)[ \t]+(?:\w+[ \t]+){0,2}?(?:secret|hidden|confidential)[ \t]+from[ \t]+(?:the[ \t]+)?users?\b|\bthe[ \t]+user[ \t]+(?:must|should|will|need)[ \t]+(?:not|never)[ \t]+(?:know|see|notice|be[ \t]+(?:told|informed|aware))\b"#,
@@ -184,14 +198,14 @@ const PHRASES: &[PhraseRule] = &[
     },
     PhraseRule {
         id: "shadowing.redirect",
-        anchors: &["send", "forward", "bcc", "cc ", "copy", "redirect", "route"],
+        anchors: &["send", "forward", "bcc", "cc ", "cc\t", "copy", "redirect", "route"],
         family: Family::ToolShadowing,
         only: None,
         pattern: r#"(?i-u)\b(?:send|forward|bcc|cc|copy|redirect|route)[ \t]+(?:all|every|any|each)[ \t]+(?:\w+[ \t]+){0,2}?(?:emails?|messages?|requests?|files?|results?|transactions?|payments?)[ \t]+to\b"#,
     },
     PhraseRule {
         id: "exfil.instruction",
-        anchors: &["replac", "substitut", "fill", "whereas", "base64", "encod", "append", "conversation", "chat history", "previous message", "password", "secrets", "api key"],
+        anchors: &["replac", "substitut", "fill", "whereas", "base64", "encod", "append"],
         family: Family::Exfiltration,
         only: None,
         pattern: r#"(?i-u)\b(?:replace|replacing|substitute|substituting|fill[ \t]+in|filling[ \t]+in)[ \t]+(?:the[ \t]+)?(?-i:\[[A-Z][A-Z0-9_ ]{1,29}\]|\{[A-Z][A-Z0-9_ ]{1,29}\})[ \t]+with\b|\bwhereas[ \t]+(?:\[[^\]\n]{1,30}\]|\{[^}\n]{1,30}\})[ \t]+is\b|\b(?:base64|url[ \t-]?encod\w*|mime[ \t-]?encod\w*|hex[ \t-]?encod\w*|append\w*)\b[^\n]{0,80}?\b(?:conversation|chat[ \t]+history|previous[ \t]+messages?|passwords?|secrets|api[ \t]+keys?)\b|\b(?:conversation|chat[ \t]+history|previous[ \t]+messages?|passwords?|secrets|api[ \t]+keys?)\b[^\n]{0,80}?\b(?:base64|url[ \t-]?encoded|mime[ \t-]?encoded|hex[ \t-]?encoded)\b"#,
@@ -213,33 +227,41 @@ const TEMPLATE_TOKENS: &[&str] = &[
 
 /// The compiled rule set, built once per process.
 pub(super) struct Compiled {
-    /// One regex per phrase rule, in [`PHRASES`] order.
-    phrases: Vec<Regex>,
-    /// Every phrase rule's anchors (unique, lowercase), leftmost-longest.
-    anchors: AhoCorasick,
-    /// Per anchor literal: bit `i` set when phrase rule `i` may match where it occurs.
+    /// The branches of each phrase rule, in [`PHRASES`] order.
+    phrases: Vec<Vec<Branch>>,
+    /// Every phrase rule's anchors (unique, lowercase), then the [`TEMPLATE_TOKENS`].
+    anchors: Anchors,
+    /// Per anchor literal: bit `i` set when it is an anchor of phrase rule `i` (0 for tokens).
     anchor_masks: Vec<u32>,
-    tokens: AhoCorasick,
-    /// Markdown link `[text](url` (images included; callers skip those).
-    pub(super) md_link: Regex,
+    /// Index of the first template token among the automaton's literals.
+    first_token: usize,
     /// Reference definition `[ref]: url`.
     pub(super) md_reference: Regex,
     /// HTML `<img … src=url`.
     pub(super) html_img: Regex,
-    /// Bare `http(s)://…` URL.
-    pub(super) bare_url: Regex,
     /// Slot for data in a URL.
     pub(super) url_placeholder: Regex,
     /// Percent-encoded or `+`-joined text in a URL (long base64 runs are checked in code).
     pub(super) url_data: Regex,
-    /// Base64 run worth decoding.
-    pub(super) base64_run: Regex,
-    /// Three or more short quoted fragments in a row (`"ht","tps:","//"`).
-    pub(super) split_fragments: Regex,
     /// HTML comment.
     pub(super) html_comment: Regex,
     /// Words that make an HTML comment an instruction for the model.
     pub(super) comment_instruction: Regex,
+}
+
+/// One top-level alternative of a phrase pattern, and where it can match.
+struct Branch {
+    regex: meta::Regex,
+    /// `bytes[b]`: byte `b` can occur in a match.
+    bytes: [bool; 256],
+    /// The bytes that cannot occur in a match, when there are at most three (then windows are
+    /// bounded with memchr instead of a byte loop).
+    stops: Option<Vec<u8>>,
+    /// Longest possible match in bytes (`None`: unbounded).
+    max_len: Option<usize>,
+    /// Every match starts at a line start (`(?m)^`): searches are anchored at each line start
+    /// of a window instead of scanning it.
+    line_start: bool,
 }
 
 const _: () = assert!(PHRASES.len() < 32, "anchor masks are u32");
@@ -279,8 +301,6 @@ impl CharRule {
 
 impl Compiled {
     fn new() -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        // Unique anchor literals; each one's mask names the rules of every anchor it contains,
-        // so the longest literal found at a position stands for the shorter ones inside it.
         let mut literals: Vec<String> = PHRASES.iter().flat_map(|r| r.anchors.iter().map(|a| a.to_ascii_lowercase())).collect();
         literals.sort_unstable();
         literals.dedup();
@@ -290,23 +310,21 @@ impl Compiled {
                 PHRASES
                     .iter()
                     .enumerate()
-                    .filter(|(_, rule)| rule.anchors.iter().any(|a| literal.contains(&a.to_ascii_lowercase())))
+                    .filter(|(_, rule)| rule.anchors.iter().any(|a| a.eq_ignore_ascii_case(literal)))
                     .fold(0u32, |mask, (i, _)| mask | (1 << i))
             })
             .collect();
+        let first_token = literals.len();
+        let literals: Vec<&str> = literals.iter().map(String::as_str).chain(TEMPLATE_TOKENS.iter().copied()).collect();
         Ok(Self {
-            phrases: PHRASES.iter().map(|r| Regex::new(r.pattern)).collect::<Result<_, _>>()?,
-            anchors: AhoCorasickBuilder::new().ascii_case_insensitive(true).match_kind(MatchKind::LeftmostLongest).build(&literals)?,
+            phrases: PHRASES.iter().map(|r| Branch::compile(r.pattern)).collect::<Result<_, _>>()?,
+            anchors: Anchors::new(&literals)?,
             anchor_masks,
-            tokens: AhoCorasickBuilder::new().ascii_case_insensitive(true).match_kind(MatchKind::LeftmostFirst).build(TEMPLATE_TOKENS)?,
-            md_link: Regex::new(r"(?-u)(!?)\[[^\]\n]*\]\([ \t]*<?([^)\s>]+)")?,
+            first_token,
             md_reference: Regex::new(r"(?m-u)^[ \t]*\[[^\]\n]+\]:[ \t]*<?(\S+)")?,
             html_img: Regex::new(r#"(?i-u)<img\b[^>]*?\bsrc[ \t]*=[ \t]*["']?([^"'\s>]+)"#)?,
-            bare_url: Regex::new(r#"(?i-u)\bhttps?://[^\s<>"'`]+"#)?,
             url_placeholder: Regex::new(r"(?-u)\[[A-Z][A-Z0-9_ ]{1,24}\]|\{[A-Z][A-Z0-9_]{1,24}\}|<[A-Z][A-Z0-9_]{1,24}>|\$\{?[A-Z][A-Z0-9_]{2,24}\}?|(?i)\{\{?[ \t]*(?:data|info|summary|conversation|chat|history|context|secrets?|password|token|key|email|messages?|content|query|user_?input)[ \t]*\}?\}")?,
             url_data: Regex::new(r"(?-u)(?:%[0-9A-Fa-f]{2}[^&#%]{0,6}){6,}|(?:[A-Za-z0-9]+\+){5,}")?,
-            base64_run: Regex::new(r"(?-u)[A-Za-z0-9+/]{24,}={0,2}|[A-Za-z0-9_-]{32,}")?,
-            split_fragments: Regex::new(r#"(?-u)"[^"\n]{1,12}",[ \t]?"[^"\n]{1,12}",[ \t]?"[^"\n]{1,12}",[ \t]?""#)?,
             html_comment: Regex::new(r"(?s-u)<!--(.{0,4000}?)-->")?,
             comment_instruction: Regex::new(
                 r"(?i-u)\b(?:you[ \t]+(?:must|should|are|will|need)|do[ \t]+not|don't|ignore|instead|important|assistant|llm|ai|always|never|when[ \t]+(?:analy[sz]ing|summari[sz]ing|reading|processing|evaluating))\b",
@@ -316,29 +334,185 @@ impl Compiled {
 
     /// Phrase rules matching `view` on `surface`, as `(id, family)`.
     ///
-    /// One Aho-Corasick pass finds the rules whose anchors occur; only those regexes run, so
-    /// benign text without trigger words costs one linear scan.
+    /// One pass of the anchor automaton collects the anchor occurrences (and notes template
+    /// tokens); each rule with an occurrence runs its branches on the windows around them only
+    /// (see the module docs).
     pub(super) fn phrases(&self, view: &str, surface: Surface) -> Vec<(&'static str, Family)> {
-        // Restarting one byte after each match start finds every anchor occurrence, including
-        // ones that begin inside a longer anchor and end after it.
         let all = (1u32 << PHRASES.len()) - 1;
-        let mut mask = 0u32;
-        let mut at = 0;
-        while mask != all {
-            let Some(hit) = self.anchors.find(Input::new(view).span(at..view.len())) else { break };
-            mask |= self.anchor_masks.get(hit.pattern().as_usize()).copied().unwrap_or(all);
-            at = hit.start() + 1;
-        }
+        // (start, end, rules) of every anchor occurrence, by start.
+        let mut found_anchors = Vec::new();
+        self.anchors.find_all(view.as_bytes(), &mut found_anchors);
+        let token = found_anchors.iter().any(|&(_, _, literal)| literal >= self.first_token);
+        let mut hits: Vec<(usize, usize, u32)> = found_anchors
+            .into_iter()
+            .filter(|&(_, _, literal)| literal < self.first_token)
+            .map(|(start, end, literal)| (start, end, self.anchor_masks.get(literal).copied().unwrap_or(all)))
+            .collect();
+        hits.sort_unstable_by_key(|&(start, _, _)| start);
+        let mask = hits.iter().fold(0, |mask, &(_, _, rules)| mask | rules);
         let mut found = Vec::new();
-        for (i, (rule, regex)) in PHRASES.iter().zip(&self.phrases).enumerate() {
-            if mask & (1 << i) != 0 && rule.only.is_none_or(|only| only == surface) && regex.is_match(view.as_bytes()) {
+        for (i, (rule, branches)) in PHRASES.iter().zip(&self.phrases).enumerate() {
+            let bit = 1u32 << i;
+            if mask & bit == 0 || !rule.only.is_none_or(|only| only == surface) {
+                continue;
+            }
+            let near = || hits.iter().filter(move |&&(_, _, rules)| rules & bit != 0).map(|&(start, end, _)| (start, end));
+            if branches.iter().any(|branch| branch.matches_near(view.as_bytes(), near())) {
                 found.push((rule.id, rule.family));
             }
         }
-        if self.tokens.is_match(view) {
+        if token {
             found.push(("instruction.chat_template", Family::Instruction));
         }
         found
+    }
+}
+
+// === impl Branch ===
+
+impl Branch {
+    /// Compiles `pattern` (a byte regex, as `regex::bytes::Regex` reads it) into one branch per
+    /// top-level alternative.
+    fn compile(pattern: &str) -> Result<Vec<Self>, Box<dyn std::error::Error + Send + Sync>> {
+        let hir = regex_syntax::ParserBuilder::new().utf8(false).build().parse(pattern)?;
+        // The same engine configuration as `regex::bytes::Regex`.
+        let config = meta::Config::new()
+            .match_kind(regex_automata::MatchKind::LeftmostFirst)
+            .utf8_empty(false)
+            .nfa_size_limit(Some(10 * (1 << 20)))
+            .hybrid_cache_capacity(2 * (1 << 20));
+        let mut branches = Vec::new();
+        for hir in top_level_alternatives(hir) {
+            let mut bytes = [false; 256];
+            match_bytes(&hir, &mut bytes);
+            let regex = meta::Builder::new().configure(config.clone()).build_from_hir(&hir)?;
+            let stops: Vec<u8> = (0..=u8::MAX).filter(|&b| !bytes[usize::from(b)]).collect();
+            let stops = (stops.len() <= 3).then_some(stops);
+            let prefix = hir.properties().look_set_prefix();
+            let line_start = prefix.contains(Look::StartLF) || prefix.contains(Look::Start);
+            branches.push(Self { regex, bytes, stops, max_len: hir.properties().maximum_len(), line_start });
+        }
+        Ok(branches)
+    }
+
+    /// Whether the branch matches `hay` in a window around one of `hits` (`(start, end)` of
+    /// anchor occurrences, by start). Overlapping windows are merged, so every byte is scanned
+    /// at most once.
+    fn matches_near(&self, hay: &[u8], hits: impl Iterator<Item = (usize, usize)>) -> bool {
+        let mut window: Option<(usize, usize)> = None;
+        for (start, end) in hits {
+            // A match containing the occurrence contains its bytes.
+            if !hay.get(start..end).is_some_and(|occurrence| occurrence.iter().all(|&b| self.bytes[usize::from(b)])) {
+                continue;
+            }
+            // A match containing `start..end` starts no earlier than `end - max_len` and ends
+            // no later than `start + max_len`.
+            let low = self.max_len.map_or(0, |max| end.saturating_sub(max));
+            let high = self.max_len.map_or(hay.len(), |max| start.saturating_add(max).min(hay.len()));
+            let floor = window.map_or(low, |(_, right)| low.max(right));
+            let left = self.extend_left(hay, floor, start);
+            let right = self.extend_right(hay, window.map_or(end, |(_, right)| end.max(right)), high);
+            window = match window {
+                Some((from, to)) if left <= to => Some((from, right.max(to))),
+                Some(done) => {
+                    if self.is_match(hay, done) {
+                        return true;
+                    }
+                    Some((left, right))
+                }
+                None => Some((left, right)),
+            };
+        }
+        window.is_some_and(|window| self.is_match(hay, window))
+    }
+
+    /// The first position in `floor..=at` from which every byte up to `at` can be matched.
+    fn extend_left(&self, hay: &[u8], floor: usize, at: usize) -> usize {
+        let Some(before) = hay.get(floor..at) else { return at };
+        let stop = match self.stops.as_deref() {
+            Some([]) => None,
+            Some(&[a]) => memchr::memrchr(a, before),
+            Some(&[a, b]) => memchr::memrchr2(a, b, before),
+            Some(&[a, b, c]) => memchr::memrchr3(a, b, c, before),
+            _ => before.iter().rposition(|&b| !self.bytes[usize::from(b)]),
+        };
+        stop.map_or(floor, |stop| floor + stop + 1)
+    }
+
+    /// The last position in `at..=high` up to which every byte from `at` can be matched.
+    fn extend_right(&self, hay: &[u8], at: usize, high: usize) -> usize {
+        let Some(after) = hay.get(at..high) else { return at };
+        let stop = match self.stops.as_deref() {
+            Some([]) => None,
+            Some(&[a]) => memchr::memchr(a, after),
+            Some(&[a, b]) => memchr::memchr2(a, b, after),
+            Some(&[a, b, c]) => memchr::memchr3(a, b, c, after),
+            _ => after.iter().position(|&b| !self.bytes[usize::from(b)]),
+        };
+        stop.map_or(high, |stop| at + stop)
+    }
+
+    /// Whether the branch matches inside `from..to`; look-around sees the bytes outside.
+    fn is_match(&self, hay: &[u8], (from, to): (usize, usize)) -> bool {
+        if !self.line_start {
+            return self.regex.is_match(Input::new(hay).range(from..to));
+        }
+        let Some(window) = hay.get(from..to) else { return false };
+        let first = (from == 0 || hay.get(from - 1) == Some(&b'\n')).then_some(from);
+        let after_newlines = memchr::memchr_iter(b'\n', window).map(|at| from + at + 1);
+        first.into_iter().chain(after_newlines).filter(|&start| start < to).any(|start| {
+            self.regex.is_match(Input::new(hay).range(start..to).anchored(Anchored::Yes))
+        })
+    }
+}
+
+/// The top-level alternatives of a pattern. The parser lifts a prefix common to all of them
+/// (`\b` in `\bfoo|\bbar`) in front of the alternation; it is distributed back.
+fn top_level_alternatives(hir: Hir) -> Vec<Hir> {
+    let split = match hir.kind() {
+        HirKind::Alternation(alternatives) => Some(alternatives.clone()),
+        HirKind::Concat(parts) => match parts.split_last().map(|(last, prefix)| (last.kind(), prefix)) {
+            Some((HirKind::Alternation(alternatives), prefix)) => Some(
+                alternatives
+                    .iter()
+                    .map(|alternative| Hir::concat(prefix.iter().cloned().chain([alternative.clone()]).collect()))
+                    .collect(),
+            ),
+            _ => None,
+        },
+        _ => None,
+    };
+    split.unwrap_or_else(|| vec![hir])
+}
+
+/// Marks in `bytes` every byte that can occur in a match of `hir` (look-around consumes
+/// nothing; any non-ASCII character marks every byte ≥ 0x80).
+fn match_bytes(hir: &Hir, bytes: &mut [bool; 256]) {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => {}
+        HirKind::Literal(literal) => literal.0.iter().for_each(|&b| mark(bytes, b, b)),
+        HirKind::Class(Class::Bytes(class)) => class.iter().for_each(|range| mark(bytes, range.start(), range.end())),
+        HirKind::Class(Class::Unicode(class)) => {
+            for range in class.iter() {
+                if range.start().is_ascii() {
+                    let end = u8::try_from(range.end()).map_or(0x7F, |end| end.min(0x7F));
+                    mark(bytes, u8::try_from(range.start()).unwrap_or(0), end);
+                }
+                if !range.end().is_ascii() {
+                    mark(bytes, 0x80, 0xFF);
+                }
+            }
+        }
+        HirKind::Repetition(repetition) => match_bytes(&repetition.sub, bytes),
+        HirKind::Capture(capture) => match_bytes(&capture.sub, bytes),
+        HirKind::Concat(subs) | HirKind::Alternation(subs) => subs.iter().for_each(|sub| match_bytes(sub, bytes)),
+    }
+}
+
+/// Marks bytes `from..=to`.
+fn mark(bytes: &mut [bool; 256], from: u8, to: u8) {
+    for b in from..=to {
+        bytes[usize::from(b)] = true;
     }
 }
 
@@ -350,4 +524,46 @@ pub(super) fn all_phrases() -> impl Iterator<Item = (&'static str, Family)> {
 #[cfg(test)]
 pub(super) fn compile_for_test() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Compiled::new().map(|_| ())
+}
+
+/// The template tokens as their own automaton.
+#[cfg(test)]
+static TOKENS: LazyLock<aho_corasick::AhoCorasick> =
+    LazyLock::new(|| aho_corasick::AhoCorasickBuilder::new().ascii_case_insensitive(true).build(TEMPLATE_TOKENS).unwrap());
+
+/// Each phrase rule's whole pattern as one regex, in [`PHRASES`] order.
+#[cfg(test)]
+static DEFINITIONS: LazyLock<Vec<Regex>> = LazyLock::new(|| PHRASES.iter().map(|rule| Regex::new(rule.pattern).unwrap()).collect());
+
+/// The phrase rules matching `view` by the plain definition: each rule's whole pattern over
+/// the whole view, no anchors, no windows (what [`Compiled::phrases`] must agree with).
+#[cfg(test)]
+pub(super) fn phrases_by_definition(view: &str, surface: Surface) -> Vec<(&'static str, Family)> {
+    let mut found: Vec<(&'static str, Family)> = PHRASES
+        .iter()
+        .zip(DEFINITIONS.iter())
+        .filter(|(rule, regex)| rule.only.is_none_or(|only| only == surface) && regex.is_match(view.as_bytes()))
+        .map(|(rule, _)| (rule.id, rule.family))
+        .collect();
+    if TOKENS.is_match(view) {
+        found.push(("instruction.chat_template", Family::Instruction));
+    }
+    found
+}
+
+/// Every phrase pattern's anchors occur in every match: checked on `text` by finding every
+/// match start of each pattern (all leftmost-first matches from every start position would
+/// be costly; the matches `find_iter` reports are the ones a window must contain).
+#[cfg(test)]
+pub(super) fn anchors_missing_in_matches(view: &str) -> Vec<(&'static str, String)> {
+    let mut missing = Vec::new();
+    for (rule, regex) in PHRASES.iter().zip(DEFINITIONS.iter()) {
+        for m in regex.find_iter(view.as_bytes()) {
+            let text = String::from_utf8_lossy(m.as_bytes()).to_ascii_lowercase();
+            if !rule.anchors.iter().any(|a| text.contains(&a.to_ascii_lowercase())) {
+                missing.push((rule.id, text));
+            }
+        }
+    }
+    missing
 }

@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use rmcp::model::{
     CallToolResult, ContentBlock, GetPromptResult, Prompt, PromptMessage, ReadResourceResult, ResourceContents, Role, Tool,
@@ -290,4 +290,153 @@ fn corrupt_pin_store_is_an_error_not_an_empty_store() {
     std::fs::create_dir_all(dir.path().join("guard")).unwrap();
     std::fs::write(store.path(), "{not json").unwrap();
     assert!(matches!(store.check("a", "b", "h"), Err(Error::PinParse { .. })));
+}
+
+/// Every `text` of the corpora in `tests/data/corpora/`.
+fn corpus_texts(files: &[&str]) -> Vec<String> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpora");
+    let mut texts = Vec::new();
+    for file in files {
+        let data = std::fs::read_to_string(dir.join(file)).unwrap();
+        for line in data.lines().filter(|l| !l.trim().is_empty()) {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            texts.push(row["text"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    texts
+}
+
+const GUARD_CORPORA: &[&str] = &["injection_payloads.jsonl", "tool_descriptions.jsonl", "benign_text.jsonl", "benign_tool_outputs.jsonl"];
+const OTHER_CORPORA: &[&str] = &[
+    "pii_generated_faker.jsonl",
+    "pii_llm_guard.jsonl",
+    "pii_presidio.jsonl",
+    "secrets_detect_secrets.jsonl",
+    "secrets_gitleaks.jsonl",
+    "secrets_llm_guard.jsonl",
+];
+
+/// Whitespace variants of multi-word markers: every match contains an anchor.
+const SPACING_VARIANTS: &[&str] = &[
+    "AI\t: do it",
+    "x\nuser\t: a b c d e f",
+    "your\tnew task",
+    "from now\ton, you will",
+    "developer\tmode",
+    "god  mode",
+    "the\tuser must not know",
+    "cc\tall emails to x",
+    "ignore      previous instructions",
+];
+
+#[test]
+fn windowed_phrase_rules_agree_with_their_definition() {
+    let rules = rules::COMPILED.as_ref().unwrap();
+    let mut texts = corpus_texts(GUARD_CORPORA);
+    texts.extend(SPACING_VARIANTS.iter().map(|t| (*t).to_owned()));
+    texts.push(format!("{}\nSystem: ignore {} the user must not know", "send all ".repeat(200), "x".repeat(5000)));
+    for text in &texts {
+        let view = normalize::analyze(text).view;
+        for surface in [Surface::Result, Surface::Description] {
+            assert_eq!(rules.phrases(&view, surface), rules::phrases_by_definition(&view, surface), "{view:?}");
+        }
+        assert_eq!(rules::anchors_missing_in_matches(&view), Vec::<(&str, String)>::new());
+    }
+    for variant in SPACING_VARIANTS {
+        assert!(!result(variant).is_empty(), "{variant:?}");
+    }
+}
+
+/// The regexes the byte scanners replace.
+static MD_LINK: LazyLock<regex::bytes::Regex> = LazyLock::new(|| regex::bytes::Regex::new(r"(?-u)(!?)\[[^\]\n]*\]\([ \t]*<?([^)\s>]+)").unwrap());
+static BASE64_RUN: LazyLock<regex::bytes::Regex> = LazyLock::new(|| regex::bytes::Regex::new(r"(?-u)[A-Za-z0-9+/]{24,}={0,2}|[A-Za-z0-9_-]{32,}").unwrap());
+static BARE_URL: LazyLock<regex::bytes::Regex> = LazyLock::new(|| regex::bytes::Regex::new(r#"(?i-u)\bhttps?://[^\s<>"'`]+"#).unwrap());
+static SPLIT_FRAGMENTS: LazyLock<regex::bytes::Regex> =
+    LazyLock::new(|| regex::bytes::Regex::new(r#"(?-u)"[^"\n]{1,12}",[ \t]?"[^"\n]{1,12}",[ \t]?"[^"\n]{1,12}",[ \t]?""#).unwrap());
+
+/// Every markdown link by the capturing regex `markdown_links` replaces.
+fn md_links_by_captures(hay: &[u8]) -> Vec<MarkdownLink> {
+    MD_LINK
+        .captures_iter(hay)
+        .map(|cap| MarkdownLink { image: cap.get(1).is_some_and(|m| !m.is_empty()), url: cap.get(2).unwrap().range() })
+        .collect()
+}
+
+fn md_links_by_parts(hay: &[u8]) -> Vec<MarkdownLink> {
+    markdown_links(hay).collect()
+}
+
+fn base64_by_regex(hay: &[u8]) -> Vec<&[u8]> {
+    BASE64_RUN.find_iter(hay).map(|m| m.as_bytes()).collect()
+}
+
+fn bare_urls_by_regex(hay: &[u8]) -> Vec<(usize, usize)> {
+    BARE_URL.find_iter(hay).map(|m| (m.start(), m.end())).collect()
+}
+
+fn split_by_regex(hay: &[u8]) -> bool {
+    SPLIT_FRAGMENTS.is_match(hay)
+}
+
+/// `decode_base64` without the early UTF-8 check on a prefix.
+fn decode_base64_plain(run: &[u8]) -> Option<String> {
+    use base64::engine::general_purpose::{STANDARD_PAD_INDIFFERENT, URL_SAFE_NO_PAD_INDIFFERENT};
+    if run.len() > MAX_DECODED * 4 / 3 {
+        return None;
+    }
+    let bytes = base64::Engine::decode(&STANDARD_PAD_INDIFFERENT, run).or_else(|_| base64::Engine::decode(&URL_SAFE_NO_PAD_INDIFFERENT, run)).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let printable = text.chars().filter(|c| !c.is_control() || c.is_whitespace()).count();
+    (text.len() >= 12 && printable * 10 >= text.chars().count() * 9).then_some(text)
+}
+
+#[test]
+fn byte_scanners_agree_with_the_regexes_on_the_corpora() {
+    let mut texts = corpus_texts(GUARD_CORPORA);
+    texts.extend(corpus_texts(OTHER_CORPORA));
+    texts.push("x".repeat(65536));
+    texts.push(format!("{}-{}+{}", "a".repeat(30), "b".repeat(20), "c".repeat(40)));
+    for text in &texts {
+        let view = normalize::analyze(text).view;
+        let hay = view.as_bytes();
+        assert_eq!((Base64Runs { hay, at: 0 }).collect::<Vec<_>>(), base64_by_regex(hay), "{view:?}");
+        assert_eq!(bare_urls(hay).collect::<Vec<_>>(), bare_urls_by_regex(hay), "{view:?}");
+        assert_eq!(has_split_fragments(hay), split_by_regex(hay), "{view:?}");
+        assert_eq!(md_links_by_parts(hay), md_links_by_captures(hay), "{view:?}");
+        for run in (Base64Runs { hay, at: 0 }).take(MAX_BASE64_RUNS) {
+            assert_eq!(decode_base64(run), decode_base64_plain(run));
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+
+    #[test]
+    fn base64_runs_agree_with_the_regex(text in "([A-Za-z0-9]{1,30}|[+/_=-]|[ .\n])*") {
+        proptest::prop_assert_eq!((Base64Runs { hay: text.as_bytes(), at: 0 }).collect::<Vec<_>>(), base64_by_regex(text.as_bytes()));
+    }
+
+    #[test]
+    fn bare_urls_agree_with_the_regex(text in "(https?|HTTPS?|x|://|[a-z_.:/]{1,6}|[ \t\n<>\"'`]|é)*") {
+        proptest::prop_assert_eq!(bare_urls(text.as_bytes()).collect::<Vec<_>>(), bare_urls_by_regex(text.as_bytes()));
+    }
+
+    #[test]
+    fn markdown_links_agree_with_the_regex(text in "(!|\\[|\\]|\\(|\\)|<|>| |\t|\n|\u{b}|[a-z:/.]{1,5})*") {
+        proptest::prop_assert_eq!(md_links_by_parts(text.as_bytes()), md_links_by_captures(text.as_bytes()));
+    }
+
+    #[test]
+    fn split_fragments_agree_with_the_regex(text in "(\"|,|, |,\t|[a-z]{1,14}|\n| )*") {
+        proptest::prop_assert_eq!(has_split_fragments(text.as_bytes()), split_by_regex(text.as_bytes()));
+    }
+
+    #[test]
+    fn early_base64_rejection_is_exact(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 180..400), ascii in proptest::prelude::any::<bool>(), url_safe in proptest::prelude::any::<bool>()) {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let data: Vec<u8> = if ascii { data.iter().map(|b| b' ' + b % 95).collect() } else { data };
+        let run = if url_safe { base64::Engine::encode(&URL_SAFE_NO_PAD, &data) } else { base64::Engine::encode(&STANDARD, &data) };
+        proptest::prop_assert_eq!(decode_base64(run.as_bytes()), decode_base64_plain(run.as_bytes()));
+    }
 }
