@@ -224,15 +224,15 @@ impl Store {
             for chunk in rows.chunks(INSERT_CHUNK) {
                 let mut insert = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
                 insert.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.seq).push_bind(r.ts_us).push_bind(r.kind.clone()).push_bind(r.request_id.clone())
-                        .push_bind(r.replica.clone()).push_bind(r.jsonrpc_id.clone()).push_bind(r.trace_id.clone())
-                        .push_bind(r.session_hash.clone()).push_bind(r.issuer.clone()).push_bind(r.subject.clone())
-                        .push_bind(r.client_id.clone()).push_bind(r.token_id.clone()).push_bind(r.upstream.clone())
-                        .push_bind(r.method.clone()).push_bind(r.target.clone()).push_bind(r.arguments.clone())
-                        .push_bind(r.arguments_bytes).push_bind(r.arguments_sha256.clone()).push_bind(r.decision.clone())
-                        .push_bind(r.rule.clone()).push_bind(r.status.clone()).push_bind(r.error_code)
-                        .push_bind(r.error_message.clone()).push_bind(r.findings.clone()).push_bind(r.latency_us)
-                        .push_bind(r.prev_hash.clone()).push_bind(r.row_hash.clone());
+                    b.push_bind(r.seq).push_bind(r.ts_us).push_bind(r.kind.as_str()).push_bind(r.request_id.as_str())
+                        .push_bind(r.replica.as_str()).push_bind(r.jsonrpc_id.as_deref()).push_bind(r.trace_id.as_deref())
+                        .push_bind(r.session_hash.as_deref()).push_bind(r.issuer.as_deref()).push_bind(r.subject.as_deref())
+                        .push_bind(r.client_id.as_deref()).push_bind(r.token_id.as_deref()).push_bind(r.upstream.as_deref())
+                        .push_bind(r.method.as_str()).push_bind(r.target.as_deref()).push_bind(r.arguments.as_deref())
+                        .push_bind(r.arguments_bytes).push_bind(r.arguments_sha256.as_deref()).push_bind(r.decision.as_deref())
+                        .push_bind(r.rule.as_deref()).push_bind(r.status.as_deref()).push_bind(r.error_code)
+                        .push_bind(r.error_message.as_deref()).push_bind(r.findings.as_deref()).push_bind(r.latency_us)
+                        .push_bind(r.prev_hash.as_str()).push_bind(r.row_hash.as_str());
                 });
                 insert.build().execute(&mut *tx).await?;
             }

@@ -155,13 +155,14 @@ impl Writer {
     }
 
     async fn commit(&mut self, batch: Vec<Item>, checkpoint_due: bool, retry: &mut VecDeque<Item>, last_checkpoint: &mut Instant) {
-        let mut rows: Vec<Row> = batch.iter().map(|item| (*item.row).clone()).collect();
+        let intents = batch.iter().filter(|i| !i.retry).count();
+        // Move the rows out (no copy); a failed batch gets them back for its retry queue.
+        let (mut rows, waiters): (Vec<Row>, Vec<_>) = batch.into_iter().map(|item| (*item.row, (item.reply, item.retry))).unzip();
         let signer = self.signer.clone();
         let sign = move |count: i64, head: &str, ts_us: i64| -> Result<String, Error> {
             super::sign_checkpoint(&signer, count, head, ts_us)
         };
         let result = self.store.append(&mut rows, &self.replica, checkpoint_due.then_some(&sign as _)).await;
-        let intents = batch.iter().filter(|i| !i.retry).count();
         match result {
             Ok(appended) => {
                 tracing::debug!(rows = appended.seqs.len(), head = appended.head.0, "audit batch committed");
@@ -180,24 +181,24 @@ impl Writer {
                         "audit checkpoint"
                     );
                 }
-                for (item, seq) in batch.into_iter().zip(appended.seqs) {
-                    if let Some(reply) = item.reply {
+                for ((reply, _), seq) in waiters.into_iter().zip(appended.seqs) {
+                    if let Some(reply) = reply {
                         let _ = reply.send(Ok(seq));
                     }
                 }
             }
             Err(error) => {
-                tracing::error!(%error, rows = batch.len(), "audit store write failed");
+                tracing::error!(%error, rows = rows.len(), "audit store write failed");
                 self.set_failed(&error);
-                for item in batch {
-                    if let Some(reply) = item.reply {
+                for (row, (reply, is_retry)) in rows.into_iter().zip(waiters) {
+                    if let Some(reply) = reply {
                         let _ = reply.send(Err(Error::Unavailable { reason: error.to_string() }));
                     }
-                    if item.retry {
+                    if is_retry {
                         if retry.len() < RETRY_CAPACITY {
-                            retry.push_back(Item { row: item.row, reply: None, retry: true });
+                            retry.push_back(Item { row: Box::new(row), reply: None, retry: true });
                         } else {
-                            tracing::error!(request_id = %item.row.request_id, kind = %item.row.kind, "audit retry buffer full: outcome record lost");
+                            tracing::error!(request_id = %row.request_id, kind = %row.kind, "audit retry buffer full: outcome record lost");
                         }
                     }
                 }

@@ -101,7 +101,7 @@ pub fn definition_hash(tool: &Tool) -> String {
     let mut canonical = String::new();
     write_canonical(&Value::Object(picked), &mut canonical);
     let digest = Sha256::digest(canonical.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(digest)
 }
 
 fn write_canonical(value: &Value, out: &mut String) {

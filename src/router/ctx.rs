@@ -98,7 +98,7 @@ impl RequestCtx {
             upstream: None,
             findings: None,
             started: Instant::now(),
-            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            request_id: uuid::Uuid::now_v7().simple().to_string(),
             jsonrpc_id: serde_json::to_string(id).unwrap_or_default(),
             trace_id,
             decision: None,

@@ -23,7 +23,7 @@ use std::{
 /// it is never written raw; one definition keeps the three joinable.
 pub fn hash_id(session_id: &str) -> String {
     use sha2::{Digest as _, Sha256};
-    Sha256::digest(session_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(session_id.as_bytes()))
 }
 
 /// Result of checking a session id against the presenting principal.

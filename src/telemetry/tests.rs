@@ -357,7 +357,7 @@ async fn tools_call_exports_server_and_client_spans_in_the_clients_trace() {
     assert_eq!(string_attribute(&resource, "service.name").as_deref(), Some("portcullis-test"));
     assert_eq!(string_attribute(&resource, "deployment.environment.name").as_deref(), Some("test"));
 
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let hex = hex::encode::<&[u8]>;
     let server = spans.iter().find(|s| s.kind == SpanKind::Server as i32).expect("a server span");
     let client = spans.iter().find(|s| s.kind == SpanKind::Client as i32).expect("a client span");
     assert_eq!(server.name, "tools/call weather__get_forecast");
