@@ -317,6 +317,30 @@ async fn concurrent_writers_abandoned_and_export(db: Db, logs: usize) {
     assert!(!text.contains("sk-live-123") && !text.contains("session-1"), "secret or raw session id exported");
 }
 
+/// Two writers on one database, alternating: each writer's remembered chain head is stale at
+/// every append after its first, so each append must notice and chain onto the real head.
+async fn stale_head_is_noticed(db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    let first = AuditLog::open(&settings(&db, FailureMode::FailClosed), issuer(&keys)).await.unwrap();
+    let second = AuditLog::open(&settings(&db, FailureMode::FailClosed), issuer(&keys)).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let log = if i % 2 == 0 { &first } else { &second };
+        let handle = log.intent(intent(i)).await.unwrap();
+        assert_eq!(handle.seq(), Some(i as i64 + 1), "intent {i} chained onto the real head");
+        handles.push(handle);
+    }
+    for handle in handles {
+        handle.outcome(ok()).await.unwrap();
+    }
+    first.close(Duration::from_secs(5)).await;
+    second.close(Duration::from_secs(5)).await;
+    match verify(&db, &keys).await {
+        VerifyOutcome::Intact(report) => assert_eq!(report.rows, 12),
+        VerifyOutcome::Broken(broken) => panic!("{broken}"),
+    }
+}
+
 macro_rules! both {
     ($($name:ident => $body:expr;)*) => {
         mod sqlite_backend {
@@ -353,6 +377,7 @@ both! {
     fail_open => fail_open_forwards_and_degrades;
     concurrent_one_log => |db| concurrent_writers_abandoned_and_export(db, 1);
     concurrent_two_replicas => |db| concurrent_writers_abandoned_and_export(db, 2);
+    stale_head => stale_head_is_noticed;
 }
 
 /// The gateway's PostgreSQL role needs only SELECT and INSERT: with migrations applied by the

@@ -413,6 +413,7 @@ fn spawn_writer(
         fail_open: settings.failure_mode == FailureMode::FailOpen,
         replica: settings.replica_id.clone(),
         pending,
+        head: None,
     };
     (tx, health, tokio::spawn(writer.run()))
 }
