@@ -5,7 +5,9 @@
 //! IMMEDIATE`, the database write lock; PostgreSQL: `pg_advisory_xact_lock`), then reads the
 //! chain head from the table itself, seals the new rows onto it and inserts them, with a signed
 //! checkpoint when one is due. Reading the head inside the lock is what keeps one gap-free chain
-//! when several processes or replicas write to the same database.
+//! when several processes or replicas write to the same database. On SQLite a writer that
+//! remembers the head it last committed skips the read: one autocommit INSERT of rows sealed
+//! onto that head, refused by the `seq` primary key when the head moved (see [`Store::append`]).
 
 use std::{borrow::Cow, str::FromStr as _, time::Duration};
 
