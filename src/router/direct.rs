@@ -343,13 +343,10 @@ async fn standalone(
         };
         match message {
             JsonRpcMessage::Notification(notification) => {
-                let event = match &notification.notification {
-                    ServerNotification::ToolListChangedNotification(_) => Some(CatalogEvent::ToolsChanged),
-                    ServerNotification::PromptListChangedNotification(_) => Some(CatalogEvent::PromptsChanged),
-                    ServerNotification::ResourceListChangedNotification(_) => Some(CatalogEvent::ResourcesChanged),
-                    ServerNotification::CancelledNotification(_) => continue,
-                    _ => None,
-                };
+                if matches!(notification.notification, ServerNotification::CancelledNotification(_)) {
+                    continue;
+                }
+                let event = CatalogEvent::of(&notification.notification);
                 match (event, peer()) {
                     (Some(event), _) => {
                         let _ = catalog_events.send((upstream.clone(), event));
@@ -569,13 +566,10 @@ impl Call {
     /// cancellations stop at the gateway (it owns cancellation on each hop), the rest go to
     /// the client verbatim.
     async fn notify(&self, upstream: &Arc<str>, method: &str, data: Bytes) {
-        let event = match method {
-            "notifications/tools/list_changed" => Some(CatalogEvent::ToolsChanged),
-            "notifications/prompts/list_changed" => Some(CatalogEvent::PromptsChanged),
-            "notifications/resources/list_changed" => Some(CatalogEvent::ResourcesChanged),
-            "notifications/cancelled" => return,
-            _ => None,
-        };
+        if method == "notifications/cancelled" {
+            return;
+        }
+        let event = CatalogEvent::of_method(method);
         match event {
             Some(event) => {
                 let _ = self.gateway.catalog_events.send((upstream.clone(), event));

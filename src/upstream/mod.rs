@@ -96,6 +96,32 @@ pub enum CatalogEvent {
     ResourcesChanged,
 }
 
+// === impl CatalogEvent ===
+
+impl CatalogEvent {
+    /// The catalog event a server notification announces, if it is a list change.
+    pub fn of(notification: &ServerNotification) -> Option<Self> {
+        match notification {
+            ServerNotification::ToolListChangedNotification(_) => Some(Self::ToolsChanged),
+            ServerNotification::PromptListChangedNotification(_) => Some(Self::PromptsChanged),
+            ServerNotification::ResourceListChangedNotification(_) => Some(Self::ResourcesChanged),
+            _ => None,
+        }
+    }
+
+    /// The catalog event a notification `method` announces (`notifications/tools/list_changed`
+    /// …), if it is a list change (MCP server/tools, server/prompts, server/resources "List
+    /// Changed Notification").
+    pub fn of_method(method: &str) -> Option<Self> {
+        match method {
+            "notifications/tools/list_changed" => Some(Self::ToolsChanged),
+            "notifications/prompts/list_changed" => Some(Self::PromptsChanged),
+            "notifications/resources/list_changed" => Some(Self::ResourcesChanged),
+            _ => None,
+        }
+    }
+}
+
 /// One configured upstream and the HTTP client used to reach it.
 pub struct Upstream {
     name: Arc<str>,
@@ -386,12 +412,7 @@ impl Service<RoleClient> for Relay {
         notification: ServerNotification,
         _context: NotificationContext<RoleClient>,
     ) -> Result<(), ErrorData> {
-        let event = match &notification {
-            ServerNotification::ToolListChangedNotification(_) => Some(CatalogEvent::ToolsChanged),
-            ServerNotification::PromptListChangedNotification(_) => Some(CatalogEvent::PromptsChanged),
-            ServerNotification::ResourceListChangedNotification(_) => Some(CatalogEvent::ResourcesChanged),
-            _ => None,
-        };
+        let event = CatalogEvent::of(&notification);
         match (&self.target, event) {
             // List changes reach clients from the catalog, after policy and pinning.
             (_, Some(event)) => {
@@ -440,5 +461,31 @@ pub fn to_error_data(error: &Error) -> ErrorData {
             Some(serde_json::json!({"upstream": &**upstream})),
         ),
         Error::GrantMismatch { .. } => ErrorData::internal_error("internal error", None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::{JsonRpcMessage, ServerJsonRpcMessage};
+
+    use super::*;
+
+    /// Both spellings of a list change (typed notification, method name) map to the same
+    /// event; other notifications map to none.
+    #[test]
+    fn list_changes_map_to_catalog_events() {
+        for (method, event) in [
+            ("notifications/tools/list_changed", Some(CatalogEvent::ToolsChanged)),
+            ("notifications/prompts/list_changed", Some(CatalogEvent::PromptsChanged)),
+            ("notifications/resources/list_changed", Some(CatalogEvent::ResourcesChanged)),
+            ("notifications/message", None),
+        ] {
+            let params = if event.is_some() { serde_json::json!({}) } else { serde_json::json!({"level": "info", "data": "x"}) };
+            let message: ServerJsonRpcMessage =
+                serde_json::from_value(serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params})).unwrap();
+            let JsonRpcMessage::Notification(notification) = message else { panic!("{method}: not a notification") };
+            assert_eq!(CatalogEvent::of(&notification.notification), event, "{method}");
+            assert_eq!(CatalogEvent::of_method(method), event, "{method}");
+        }
     }
 }

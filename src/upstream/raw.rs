@@ -26,7 +26,7 @@ use std::{
 
 use bytes::Bytes;
 use futures::{StreamExt as _, stream::BoxStream};
-use http::{HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use rmcp::model::ClientConfig;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -157,20 +157,7 @@ impl RawSession {
     /// # Errors
     /// [`PostError`] as for [`RawSession::post`].
     pub async fn listen(&self) -> Result<Option<BoxStream<'static, Result<Bytes, PostError>>>, PostError> {
-        let mut headers = HashMap::new();
-        self.client.decorate(&mut headers, None).await.map_err(|_| PostError::Failed("upstream credential unavailable".into()))?;
-        let mut request = self
-            .client
-            .http()
-            .get(self.url.clone())
-            .header(header::ACCEPT, "text/event-stream")
-            .header(VERSION_HEADER, self.protocol_version.clone());
-        if let Some(id) = &self.session_id {
-            request = request.header(SESSION_HEADER, id.clone());
-        }
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
+        let request = self.request(Method::GET, None, &[]).await?.header(header::ACCEPT, "text/event-stream");
         let response = request.send().await.map_err(|e| PostError::Failed(describe(&e)))?;
         match response.status() {
             StatusCode::METHOD_NOT_ALLOWED => Ok(None),
@@ -232,21 +219,11 @@ impl RawSession {
     }
 
     async fn send(&self, body: Bytes, call: Option<&CallContext>, extra: &[(HeaderName, HeaderValue)]) -> Result<reqwest::Response, PostError> {
-        let mut headers = HashMap::new();
-        self.client.decorate(&mut headers, call).await.map_err(|_| PostError::Failed("upstream credential unavailable".into()))?;
-        let mut request = self
-            .client
-            .http()
-            .post(self.url.clone())
+        let request = self
+            .request(Method::POST, call, extra)
+            .await?
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, ACCEPT_BOTH)
-            .header(VERSION_HEADER, self.protocol_version.clone());
-        if let Some(id) = &self.session_id {
-            request = request.header(SESSION_HEADER, id.clone());
-        }
-        for (name, value) in headers.into_iter().chain(extra.iter().cloned()) {
-            request = request.header(name, value);
-        }
+            .header(header::ACCEPT, ACCEPT_BOTH);
         let response = request.body(body).send().await.map_err(|e| PostError::Failed(describe(&e)))?;
         if response.status() == StatusCode::NOT_FOUND && self.session_id.is_some() {
             return Err(PostError::SessionExpired);
@@ -258,16 +235,31 @@ impl RawSession {
     /// expires it anyway).
     pub async fn close(&self) {
         self.stop.cancel();
-        let Some(id) = &self.session_id else { return };
-        let mut headers = HashMap::new();
-        if self.client.decorate(&mut headers, None).await.is_err() {
+        if self.session_id.is_none() {
             return;
         }
-        let mut request = self.client.http().delete(self.url.clone()).header(SESSION_HEADER, id.clone()).header(VERSION_HEADER, self.protocol_version.clone());
-        for (name, value) in headers {
+        if let Ok(request) = self.request(Method::DELETE, None, &[]).await {
+            let _ = request.timeout(Duration::from_secs(5)).send().await;
+        }
+    }
+
+    /// A request to the upstream's MCP endpoint in this session: the protocol version and
+    /// session id headers, the upstream credential and identity assertion (narrowed to `call`
+    /// when given), then `extra`.
+    ///
+    /// # Errors
+    /// [`PostError::Failed`] when the credential cannot be obtained.
+    async fn request(&self, method: Method, call: Option<&CallContext>, extra: &[(HeaderName, HeaderValue)]) -> Result<reqwest::RequestBuilder, PostError> {
+        let mut headers = HashMap::new();
+        self.client.decorate(&mut headers, call).await.map_err(|_| PostError::Failed("upstream credential unavailable".into()))?;
+        let mut request = self.client.http().request(method, self.url.clone()).header(VERSION_HEADER, self.protocol_version.clone());
+        if let Some(id) = &self.session_id {
+            request = request.header(SESSION_HEADER, id.clone());
+        }
+        for (name, value) in headers.into_iter().chain(extra.iter().cloned()) {
             request = request.header(name, value);
         }
-        let _ = request.timeout(Duration::from_secs(5)).send().await;
+        Ok(request)
     }
 }
 
