@@ -16,7 +16,7 @@
 //!   unless `failure_mode = "fail_open"`, which is logged at `warn` on every start.
 //! - **No skipped outcome.** [`IntentHandle`] records an `abandoned` outcome when dropped without
 //!   [`IntentHandle::outcome`]; failed outcome writes are retried.
-//! - **Hash chain.** `row_hash = SHA-256(prev_hash || canonical JSON of the row)` ([`row`]
+//! - **Hash chain.** `row_hash = SHA-256(prev_hash || canonical JSON of the row)` (`row.rs`
 //!   module docs); rows are numbered from 1 without gaps. One chain per database: appends are
 //!   serialized by the database (SQLite write lock, PostgreSQL advisory lock) and read the head
 //!   inside that lock, so several replicas sharing one PostgreSQL produce one verifiable chain.

@@ -8,10 +8,10 @@
 //! [`definition_hash`] against the [`PinStore`].
 //!
 //! How a text is scanned ([`Scanner::scan`]):
-//! 1. one character pass ([`normalize`]) finds invisible Unicode and terminal escapes and
+//! 1. one character pass (`normalize.rs`) finds invisible Unicode and terminal escapes and
 //!    builds a normalized view (invisible characters and escapes removed, NFKC without
 //!    combining marks, confusables folded to ASCII);
-//! 2. the phrase rules ([`rules`]) run on windows of the view around their anchor words (one
+//! 2. the phrase rules (`rules.rs`) run on windows of the view around their anchor words (one
 //!    automaton pass finds those, and the chat-template tokens);
 //! 3. URLs (markdown images and links, reference definitions, `<img>`, bare URLs) are checked
 //!    for data sent to hosts off the allow-list;

@@ -16,7 +16,7 @@
 //! A value found only by the name it is assigned to (keyword assignments, secret-named URL
 //! parameters, gitleaks' `generic-api-key`) is dropped when its form says it is no secret: a
 //! template, a variable, a call, a run of the alphabet, a UUID built from a clock or a name
-//! (detect-secrets' heuristic filters, [`heuristic`]). Provider tokens with a fixed format are
+//! (detect-secrets' heuristic filters, `heuristic.rs`). Provider tokens with a fixed format are
 //! never second-guessed.
 //!
 //! Invariants:
