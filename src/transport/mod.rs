@@ -10,8 +10,9 @@
 //!    challenge naming the RFC 9728 metadata.
 //! 3. **Session binding** ([`crate::session`]): a session id created by another principal
 //!    → 404, as if it did not exist.
-//! 4. **Body** (POST): over the cap → 413; not JSON → 400 with JSON-RPC `-32700`; a batch →
-//!    400 `-32600`.
+//! 4. **Body** (POST): over the cap → 413; not JSON → 400 with JSON-RPC `-32700`; a batch, or
+//!    an object with a duplicate member (`method` twice: which one counts is up to each
+//!    parser, so the gateway and the upstream could disagree) → 400 `-32600`.
 //! 5. **Scope step-up**: a call whose kind the token's scopes cannot reach → 403
 //!    `insufficient_scope` naming the scopes needed (RFC 6750 §3.1).
 //!
@@ -341,6 +342,24 @@ fn direct_response(reply: DirectReply) -> Response {
 }
 
 fn parse_envelope(bytes: &Bytes) -> Result<Envelope, Box<Response>> {
+    // An object is read straight into the envelope: a syntax error is a parse error, valid
+    // JSON that is no envelope (a member of the wrong type, a duplicate member) an invalid
+    // request. Anything else takes the generic parse below, which names what it is.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return serde_json::from_slice::<Envelope>(bytes).map_err(|error| {
+            Box::new(match error.classify() {
+                serde_json::error::Category::Data => {
+                    let detail = error.to_string();
+                    let message = match detail.strip_prefix("duplicate field ") {
+                        Some(rest) => format!("Invalid Request: duplicate member {}", rest.split(" at ").next().unwrap_or(rest)),
+                        None => "Invalid Request: not a JSON-RPC 2.0 message".to_owned(),
+                    };
+                    json_rpc_error(StatusCode::BAD_REQUEST, -32600, &message, Value::Null)
+                }
+                _ => json_rpc_error(StatusCode::BAD_REQUEST, -32700, &format!("Parse error: {error}"), Value::Null),
+            })
+        });
+    }
     let value: Value = serde_json::from_slice(bytes).map_err(|error| {
         let message = format!("Parse error: {error}");
         Box::new(json_rpc_error(StatusCode::BAD_REQUEST, -32700, &message, Value::Null))

@@ -201,3 +201,29 @@ fn host_and_origin_matching() {
     assert!(!origin_allowed("https://localhost:6274", &origins));
     assert!(!origin_allowed("null", &origins));
 }
+
+/// An object is read straight into the envelope; an object with a duplicate member is
+/// refused as an invalid request (the gateway and the upstream could each pick a different
+/// `method`), and so are non-objects; a syntax error is a parse error.
+#[tokio::test]
+async fn envelope_parse() {
+    let parsed = |text: &str| {
+        super::parse_envelope(&bytes::Bytes::from(text.to_owned())).map(|e| (e.id, e.method, e.params.is_some())).map_err(|r| r.status())
+    };
+    assert_eq!(parsed(" \n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}"), Ok((Some(json!(1)), Some("ping".to_owned()), false)));
+    assert_eq!(parsed(r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"x","name":"y"}}"#).map(|p| p.2), Ok(true));
+    for refused in [
+        r#"{"jsonrpc":"2.0","id":"a","method":"tools/list","method":"tools/call","params":{}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":5}"#,
+        "[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}]",
+        "\"ping\"",
+        "{\"id\":1,",
+    ] {
+        assert_eq!(parsed(refused), Err(StatusCode::BAD_REQUEST), "{refused}");
+    }
+    let duplicate = r#"{"jsonrpc":"2.0","id":"a","method":"tools/list","method":"tools/call"}"#;
+    let response = super::parse_envelope(&bytes::Bytes::from(duplicate)).err().unwrap();
+    let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["code"], -32600);
+    assert_eq!(body["error"]["message"], "Invalid Request: duplicate member `method`");
+}
