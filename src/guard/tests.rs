@@ -283,6 +283,28 @@ fn pin_store_pins_detects_changes_and_approves() {
     assert!(store.path().ends_with("guard/pins.json"));
 }
 
+/// A whole listing is checked in one pass: the same verdicts as one check per tool, in order,
+/// including a tool listed twice (its second sight sees the first), and nothing written when
+/// nothing changed.
+#[test]
+fn pin_store_checks_a_listing_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PinStore::new(dir.path());
+    assert_eq!(store.check("gh", "b", "h1").unwrap(), PinVerdict::FirstSeen);
+    let listing = [("a", "h1"), ("b", "h1"), ("c", "h1"), ("b", "h2"), ("a", "h1")];
+    let verdicts = store.check_all("gh", &listing).unwrap();
+    use PinVerdict::{Allowed, Changed, FirstSeen};
+    assert_eq!(verdicts, [FirstSeen, Allowed, FirstSeen, Changed, Allowed]);
+    assert_eq!(store.list(false).unwrap().len(), 3);
+    assert_eq!(store.list(true).unwrap().len(), 1, "b's change is pending");
+
+    let before = std::fs::metadata(store.path()).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(store.check_all("gh", &[("a", "h1"), ("c", "h1")]).unwrap(), [Allowed, Allowed]);
+    assert_eq!(std::fs::metadata(store.path()).unwrap().modified().unwrap(), before, "no write without a change");
+    assert!(store.check_all("gh", &[]).unwrap().is_empty());
+}
+
 #[test]
 fn corrupt_pin_store_is_an_error_not_an_empty_store() {
     let dir = tempfile::tempdir().unwrap();

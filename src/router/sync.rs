@@ -239,30 +239,41 @@ async fn list(upstream: &Upstream, peer: &Peer<RoleClient>, vetting: &Vetting) -
 /// Withholds flagged tool and prompt definitions, and tools whose pinned definition changed.
 fn vet(upstream: &str, listing: &mut UpstreamListing, vetting: &Vetting) {
     let pin = vetting.pins.as_ref().filter(|_| vetting.guard.policy(upstream).pin_definitions());
-    let tools = std::mem::take(&mut listing.tools);
-    for tool in tools {
+    let mut tools = Vec::with_capacity(listing.tools.len());
+    for tool in std::mem::take(&mut listing.tools) {
         let scan = vetting.guard.scan_tool(upstream, &tool);
         if scan.withhold {
             let rules: Vec<&str> = scan.findings.iter().map(|f| f.rule).collect();
             tracing::warn!(upstream, tool = %tool.name, ?rules, "tool definition flagged by the guard; withheld");
             listing.withheld_tools.push((tool, "definition flagged by the guard".to_owned()));
-            continue;
+        } else {
+            tools.push(tool);
         }
-        let verdict = match pin {
-            Some(store) => store.check(upstream, &tool.name, &definition_hash(&tool)),
-            None => Ok(PinVerdict::Allowed),
-        };
-        match verdict {
-            Ok(PinVerdict::Allowed | PinVerdict::FirstSeen) => listing.tools.push(tool),
-            Ok(PinVerdict::Changed) => {
+    }
+    // One pass over the pin store for the whole listing; `None`: the store failed.
+    let verdicts: Option<Vec<PinVerdict>> = match pin {
+        Some(store) => {
+            let hashes: Vec<String> = tools.iter().map(definition_hash).collect();
+            let entries: Vec<(&str, &str)> = tools.iter().zip(&hashes).map(|(tool, hash)| (&*tool.name, hash.as_str())).collect();
+            match store.check_all(upstream, &entries) {
+                Ok(verdicts) => Some(verdicts),
+                Err(error) => {
+                    // Fail closed: an unreadable pin store cannot vouch for any definition.
+                    tracing::error!(upstream, %error, tools = tools.len(), "pin store unavailable; every tool withheld");
+                    None
+                }
+            }
+        }
+        None => Some(vec![PinVerdict::Allowed; tools.len()]),
+    };
+    for (i, tool) in tools.into_iter().enumerate() {
+        match verdicts.as_ref().map(|verdicts| verdicts[i]) {
+            Some(PinVerdict::Allowed | PinVerdict::FirstSeen) => listing.tools.push(tool),
+            Some(PinVerdict::Changed) => {
                 tracing::warn!(upstream, tool = %tool.name, "tool definition changed since it was pinned; withheld until `portcullis tools approve`");
                 listing.withheld_tools.push((tool, "definition changed; awaiting approval".to_owned()));
             }
-            Err(error) => {
-                // Fail closed: an unreadable pin store cannot vouch for any definition.
-                tracing::error!(upstream, tool = %tool.name, %error, "pin store unavailable; tool withheld");
-                listing.withheld_tools.push((tool, "definition could not be checked".to_owned()));
-            }
+            None => listing.withheld_tools.push((tool, "definition could not be checked".to_owned())),
         }
     }
     listing.prompts.retain(|prompt| {
