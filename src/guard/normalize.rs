@@ -216,22 +216,7 @@ pub(super) fn walk<'a>(text: &'a str, mut on: impl FnMut(Event<'a>)) {
                 at = end;
                 continue;
             }
-            '\t' | '\n' | '\r' => None,
-            '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => Some(CharRule::Control),
-            // Zero-width space, word joiner, invisible operators (used for binary smuggling),
-            // Mongolian vowel separator, Hangul fillers, interlinear annotation marks.
-            '\u{200b}' | '\u{2060}'..='\u{2064}' | '\u{180e}' | '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}'
-            | '\u{fff9}'..='\u{fffb}' | '\u{34f}' => Some(CharRule::ZeroWidth),
-            // A byte-order mark is only legitimate as the very first character.
-            '\u{feff}' => (start != 0).then_some(CharRule::ZeroWidth),
-            // Joiners are legitimate between two non-ASCII characters (emoji sequences, Indic
-            // and Arabic shaping); next to ASCII they only hide something.
-            '\u{200c}' | '\u{200d}' => (!between_non_ascii(prev, next)).then_some(CharRule::ZeroWidth),
-            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => Some(CharRule::Bidi),
-            '\u{200e}' | '\u{200f}' | '\u{61c}' => (!between_non_ascii(prev, next) && !touches_non_ascii(prev, next)).then_some(CharRule::Bidi),
-            '\u{fe00}'..='\u{fe0f}' => (!legit_variation_selector(prev)).then_some(CharRule::VariationSelector),
-            '\u{e0100}'..='\u{e01ef}' => (!prev.is_some_and(is_han)).then_some(CharRule::VariationSelector),
-            _ => None,
+            _ => char_rule(c, start, prev, next),
         };
         match rule {
             Some(rule) => on(Event::Drop { rule, start, end }),
@@ -303,6 +288,30 @@ fn is_emoji_tag_sequence(prev: Option<char>, run: &str) -> bool {
     prev == Some('\u{1f3f4}')
         && (1..=7).contains(&body.chars().count())
         && body.chars().all(|c| matches!(u32::from(c), 0xE0030..=0xE0039 | 0xE0061..=0xE007A))
+}
+
+/// The rule that drops `c` (not a backspace), or `None` to keep it: the one table both scans
+/// use. `start` is `c`'s byte offset (a byte-order mark is kept only at 0); `prev`/`next` are
+/// its neighbours in the text.
+fn char_rule(c: char, start: usize, prev: Option<char>, next: Option<char>) -> Option<CharRule> {
+    match c {
+        '\t' | '\n' | '\r' => None,
+        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => Some(CharRule::Control),
+        // Zero-width space, word joiner, invisible operators (used for binary smuggling),
+        // Mongolian vowel separator, Hangul fillers, interlinear annotation marks.
+        '\u{200b}' | '\u{2060}'..='\u{2064}' | '\u{180e}' | '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}'
+        | '\u{fff9}'..='\u{fffb}' | '\u{34f}' => Some(CharRule::ZeroWidth),
+        // A byte-order mark is only legitimate as the very first character.
+        '\u{feff}' => (start != 0).then_some(CharRule::ZeroWidth),
+        // Joiners are legitimate between two non-ASCII characters (emoji sequences, Indic
+        // and Arabic shaping); next to ASCII they only hide something.
+        '\u{200c}' | '\u{200d}' => (!between_non_ascii(prev, next)).then_some(CharRule::ZeroWidth),
+        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => Some(CharRule::Bidi),
+        '\u{200e}' | '\u{200f}' | '\u{61c}' => (!between_non_ascii(prev, next) && !touches_non_ascii(prev, next)).then_some(CharRule::Bidi),
+        '\u{fe00}'..='\u{fe0f}' => (!legit_variation_selector(prev)).then_some(CharRule::VariationSelector),
+        '\u{e0100}'..='\u{e01ef}' => (!prev.is_some_and(is_han)).then_some(CharRule::VariationSelector),
+        _ => None,
+    }
 }
 
 fn between_non_ascii(prev: Option<char>, next: Option<char>) -> bool {
@@ -437,22 +446,7 @@ mod tests {
                     i += 1;
                     continue;
                 }
-                '\t' | '\n' | '\r' => None,
-                '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => Some(CharRule::Control),
-                // Zero-width space, word joiner, invisible operators (used for binary smuggling),
-                // Mongolian vowel separator, Hangul fillers, interlinear annotation marks.
-                '\u{200b}' | '\u{2060}'..='\u{2064}' | '\u{180e}' | '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}'
-                | '\u{fff9}'..='\u{fffb}' | '\u{34f}' => Some(CharRule::ZeroWidth),
-                // A byte-order mark is only legitimate as the very first character.
-                '\u{feff}' => (start != 0).then_some(CharRule::ZeroWidth),
-                // Joiners are legitimate between two non-ASCII characters (emoji sequences, Indic
-                // and Arabic shaping); next to ASCII they only hide something.
-                '\u{200c}' | '\u{200d}' => (!between_non_ascii(prev, next)).then_some(CharRule::ZeroWidth),
-                '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => Some(CharRule::Bidi),
-                '\u{200e}' | '\u{200f}' | '\u{61c}' => (!between_non_ascii(prev, next) && !touches_non_ascii(prev, next)).then_some(CharRule::Bidi),
-                '\u{fe00}'..='\u{fe0f}' => (!legit_variation_selector(prev)).then_some(CharRule::VariationSelector),
-                '\u{e0100}'..='\u{e01ef}' => (!prev.is_some_and(is_han)).then_some(CharRule::VariationSelector),
-                _ => None,
+                _ => char_rule(c, start, prev, next),
             };
             match rule {
                 Some(rule) => on(Event::Drop { rule, start, end: end_of(i + 1) }),
