@@ -226,14 +226,7 @@ impl Store {
             && !rows.is_empty()
             && rows.len() <= INSERT_CHUNK
         {
-            let (mut seq, mut hash) = (*head_seq, head_hash.clone());
-            let mut seqs = Vec::with_capacity(rows.len());
-            for row in rows.iter_mut() {
-                seq += 1;
-                row.seal(seq, &hash);
-                hash.clone_from(&row.row_hash);
-                seqs.push(seq);
-            }
+            let (seqs, (seq, hash)) = seal_onto(rows, (*head_seq, head_hash.clone()));
             match insert_rows(rows).build().execute(pool).await {
                 Ok(_) => return Ok(Appended { seqs, head: (seq, hash), checkpoint: None }),
                 // Most likely the head moved (another process appended); the locked path
@@ -252,14 +245,7 @@ impl Store {
             let head: Option<(i64, String)> = sqlx::query_as("SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)
                 .await?;
-            let (mut seq, mut hash) = head.unwrap_or((0, GENESIS.to_owned()));
-            let mut seqs = Vec::with_capacity(rows.len());
-            for row in rows.iter_mut() {
-                seq += 1;
-                row.seal(seq, &hash);
-                hash = row.row_hash.clone();
-                seqs.push(seq);
-            }
+            let (seqs, (seq, hash)) = seal_onto(rows, head.unwrap_or((0, GENESIS.to_owned())));
             for chunk in rows.chunks(INSERT_CHUNK) {
                 insert_rows(chunk).build().execute(&mut *tx).await?;
             }
@@ -350,6 +336,20 @@ impl Store {
     pub(crate) async fn close(&self) {
         with_pool!(self, pool => pool.close().await);
     }
+}
+
+/// Seals `rows` in order onto the chain head `(seq, row_hash)`: returns each row's `seq` and
+/// the new head.
+fn seal_onto(rows: &mut [Row], head: (i64, String)) -> (Vec<i64>, (i64, String)) {
+    let (mut seq, mut hash) = head;
+    let mut seqs = Vec::with_capacity(rows.len());
+    for row in rows.iter_mut() {
+        seq += 1;
+        row.seal(seq, &hash);
+        hash.clone_from(&row.row_hash);
+        seqs.push(seq);
+    }
+    (seqs, (seq, hash))
 }
 
 /// One multi-row `INSERT` of `rows` (at most [`INSERT_CHUNK`]), binding every column.

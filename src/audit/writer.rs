@@ -151,8 +151,7 @@ impl Writer {
                 continue;
             }
             last_activity = Instant::now();
-            last_intents = batch.iter().filter(|item| !item.retry).count();
-            self.commit(batch, checkpoint_due, &mut retry, &mut last_checkpoint).await;
+            last_intents = self.commit(batch, checkpoint_due, &mut retry, &mut last_checkpoint).await;
             for flush in flushes {
                 let _ = flush.send(());
             }
@@ -176,7 +175,8 @@ impl Writer {
         }
     }
 
-    async fn commit(&mut self, batch: Vec<Item>, checkpoint_due: bool, retry: &mut VecDeque<Item>, last_checkpoint: &mut Instant) {
+    /// Commits `batch`, answers its waiters, and returns how many intents it carried.
+    async fn commit(&mut self, batch: Vec<Item>, checkpoint_due: bool, retry: &mut VecDeque<Item>, last_checkpoint: &mut Instant) -> usize {
         let intents = batch.iter().filter(|i| !i.retry).count();
         // Move the rows out (no copy); a failed batch gets them back for its retry queue.
         let (mut rows, waiters): (Vec<Row>, Vec<_>) = batch.into_iter().map(|item| (*item.row, (item.reply, item.retry))).unzip();
@@ -230,6 +230,7 @@ impl Writer {
             }
         }
         self.pending.fetch_sub(intents, std::sync::atomic::Ordering::Relaxed);
+        intents
     }
 
     fn set_failed(&self, error: &Error) {
