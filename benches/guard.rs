@@ -52,6 +52,16 @@ fn throughput(guard: &Guard, texts: &[String], rounds: usize) -> (f64, f64) {
     (elapsed.as_secs_f64() * 1e6 / (kib * rounds as f64), kib)
 }
 
+/// Time of one `sanitize_tool_result` on a result holding `text`, in µs.
+fn sanitize_us(guard: &Guard, text: &str) -> f64 {
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text.to_owned())]);
+    let start = Instant::now();
+    let outcome = guard.sanitize_tool_result("bench", &mut result);
+    let elapsed = start.elapsed().as_secs_f64() * 1e6;
+    std::hint::black_box(outcome);
+    elapsed
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(index).copied().unwrap_or(0.0)
@@ -98,11 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut samples = Vec::new();
     for _ in 0..20 {
         for text in &outputs {
-            let mut result = CallToolResult::success(vec![ContentBlock::text(text.clone())]);
-            let start = Instant::now();
-            let outcome = guard.sanitize_tool_result("bench", &mut result);
-            samples.push(start.elapsed().as_secs_f64() * 1e6);
-            std::hint::black_box(outcome);
+            samples.push(sanitize_us(&guard, text));
         }
     }
     samples.sort_by(f64::total_cmp);
@@ -127,11 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, text) in [("64 KiB of 'x' (the load harness's large_result)", "x".repeat(64 * 1024)), ("benign tool outputs joined", joined)] {
         let mut samples = Vec::new();
         for _ in 0..200 {
-            let mut result = CallToolResult::success(vec![ContentBlock::text(text.clone())]);
-            let start = Instant::now();
-            let outcome = guard.sanitize_tool_result("bench", &mut result);
-            samples.push(start.elapsed().as_secs_f64() * 1e6);
-            std::hint::black_box(outcome);
+            samples.push(sanitize_us(&guard, &text));
         }
         samples.sort_by(f64::total_cmp);
         println!(
