@@ -18,7 +18,10 @@
 //! classes before compiling, which is both faithful to gitleaks and much smaller than Rust's
 //! Unicode classes.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Regex, RegexBuilder};
@@ -111,7 +114,12 @@ struct Allowlist {
 
 struct Rule {
     kind: Arc<str>,
-    regex: Regex,
+    /// The pattern with ASCII classes ([`ascii_classes`]); its syntax is checked at load.
+    pattern: String,
+    /// Compiled on the rule's first run: most rules' keywords never occur in a given
+    /// deployment's traffic, and the whole set compiled is ~15 MiB of automata.
+    /// `None` when compiling failed (logged once; the rule then redacts the whole text).
+    regex: OnceLock<Option<Regex>>,
     secret_group: Option<usize>,
     entropy: Option<f64>,
     generic: bool,
@@ -147,7 +155,8 @@ impl Rules {
         for rule in file.rules {
             // Path-only rules (e.g. `pkcs12-file`) match file names, never text.
             let Some(pattern) = rule.regex.as_deref() else { continue };
-            let regex = compile(pattern).map_err(|e| Error::Rules(format!("rule {}: {e}", rule.id)))?;
+            let pattern = ascii_classes(pattern);
+            regex_syntax::Parser::new().parse(&pattern).map_err(|e| Error::Rules(format!("rule {}: {e}", rule.id)))?;
             let mut allowlists = Vec::new();
             for allowlist in &rule.allowlists {
                 if let Some(compiled) = compile_allowlist(allowlist, &rule.id)? {
@@ -169,7 +178,8 @@ impl Rules {
             }
             rules.push(Rule {
                 kind: Arc::from(rule.id.replace('-', "_")),
-                regex,
+                pattern,
+                regex: OnceLock::new(),
                 secret_group: rule.secret_group,
                 entropy: rule.entropy,
                 generic: rule.id.starts_with("generic"),
@@ -209,8 +219,32 @@ impl Rules {
         }
     }
 
+    /// Compiles every rule now (tests; a deployment compiles each on its first run).
+    ///
+    /// # Errors
+    /// [`Error::Rules`] naming the first rule that does not compile.
+    #[cfg(test)]
+    pub(super) fn compile_all(&self) -> Result<(), Error> {
+        for rule in &self.rules {
+            build(&rule.pattern).map_err(|e| Error::Rules(format!("rule {}: {e}", rule.kind)))?;
+        }
+        Ok(())
+    }
+
     fn scan_rule(&self, rule: &Rule, text: &str, findings: &mut Vec<Finding>) {
-        for captures in rule.regex.captures_iter(text) {
+        let regex = rule.regex.get_or_init(|| match build(&rule.pattern) {
+            Ok(regex) => Some(regex),
+            Err(error) => {
+                tracing::error!(rule = %rule.kind, %error, "redaction rule failed to compile: text it would scan is redacted whole");
+                None
+            }
+        });
+        let Some(regex) = regex else {
+            // Fail closed: a rule that cannot run must not let its secrets through.
+            findings.push(Finding { kind: rule.kind.clone(), start: 0, end: text.len() });
+            return;
+        };
+        for captures in regex.captures_iter(text) {
             let Some(whole) = captures.get(0) else { continue };
             let secret = match rule.secret_group {
                 Some(group) => captures.get(group),
@@ -313,7 +347,12 @@ fn compile_allowlist(list: &AllowlistToml, owner: &str) -> Result<Option<Allowli
 
 /// Compiles a Go RE2 pattern with ASCII `\w`, `\d`, `\s` (RE2's meaning).
 fn compile(pattern: &str) -> Result<Regex, regex::Error> {
-    RegexBuilder::new(&ascii_classes(pattern)).size_limit(REGEX_SIZE_LIMIT).build()
+    build(&ascii_classes(pattern))
+}
+
+/// Compiles a pattern already rewritten by [`ascii_classes`].
+fn build(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern).size_limit(REGEX_SIZE_LIMIT).build()
 }
 
 /// Rewrites the Perl classes `\w`, `\d`, `\s` (and their negations outside brackets) to ASCII

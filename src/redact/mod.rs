@@ -104,10 +104,12 @@ pub fn scrub_str(text: &str) -> String {
 // === impl Scrubber ===
 
 impl Scrubber {
-    /// Compiles the vendored and built-in rule sets (a few hundred milliseconds).
+    /// Loads the vendored and built-in rule sets. The built-in rules compile now; each
+    /// vendored (gitleaks, detect-secrets) rule's regex is syntax-checked now and compiled the
+    /// first time its keyword occurs in scanned text.
     ///
     /// # Errors
-    /// [`Error::Rules`] when a rule file does not parse or a pattern does not compile.
+    /// [`Error::Rules`] when a rule file does not parse or a pattern is not valid syntax.
     pub fn new() -> Result<Self, Error> {
         Ok(Self {
             rules: Some(Rules {

@@ -10,6 +10,10 @@ fn kinds(text: &str) -> Vec<String> {
 fn every_vendored_rule_compiles() {
     let scrubber = Scrubber::new().unwrap();
     assert!(scrubber.gitleaks_rule_count() > 200, "only {} gitleaks rules", scrubber.gitleaks_rule_count());
+    // Rules compile lazily at their first run; every one must compile.
+    let rules = scrubber.rules.as_ref().unwrap();
+    rules.gitleaks.compile_all().unwrap();
+    rules.detect_secrets.compile_all().unwrap();
 }
 
 #[test]
@@ -284,4 +288,26 @@ fn keyword_operators_are_not_part_of_the_value() {
         let text = format!("db_pass {op} hZ8q2Lm9xT4v");
         assert_eq!(scrub(&text).text, format!("db_pass {op} [REDACTED:secret_assignment]"), "{op}");
     }
+}
+
+#[test]
+fn a_rule_that_cannot_compile_redacts_the_text_it_would_scan() {
+    // Valid syntax (load accepts it), but far over the compiled-size cap: compiling at the
+    // rule's first run fails, and the scrubber must fail closed rather than skip the rule.
+    let source = r#"
+        [[rules]]
+        id = "huge-rule"
+        regex = '''(?:a{1000}){10000}'''
+        keywords = ["hugekey"]
+    "#;
+    let rules = gitleaks::Rules::load(source).unwrap();
+    assert!(rules.compile_all().is_err());
+    let mut findings = Vec::new();
+    rules.scan("nothing to see", &mut findings);
+    assert!(findings.is_empty(), "the rule must not run without its keyword");
+    let text = "hugekey = s3cr3t-value";
+    rules.scan(text, &mut findings);
+    assert_eq!(findings.len(), 1);
+    assert_eq!((findings[0].start, findings[0].end), (0, text.len()));
+    assert_eq!(&*findings[0].kind, "huge_rule");
 }

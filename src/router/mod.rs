@@ -1,7 +1,9 @@
 //! Router: the MCP server the clients talk to. Dispatches each JSON-RPC request to the
 //! catalog (lists), to one upstream (calls), or answers locally (`ping`).
 //!
-//! One [`SessionHandler`] exists per client session (rmcp creates it at `initialize`). Every
+//! One [`SessionHandler`] exists per client session that reaches rmcp (rmcp creates it at
+//! `initialize`, or when it restores a session the transport initialized; a session that
+//! only calls tools never gets one: see [`crate::session`]). Every
 //! request goes through the same ordered steps (the transport already authenticated it,
 //! checked its session binding and its scopes):
 //! 1. `RequestCtx::begin`: recover the [`Principal`] (missing → internal error: fail closed)
@@ -129,14 +131,6 @@ struct SessionState {
     /// Stops this session's background tasks when the session ends.
     _stop: DropGuard,
     stop: CancellationToken,
-    /// Counts this session in `portcullis_sessions_open` while it lives.
-    metrics: Metrics,
-}
-
-impl Drop for SessionState {
-    fn drop(&mut self) {
-        self.metrics.session_closed();
-    }
 }
 
 // === impl SessionHandler ===
@@ -152,9 +146,7 @@ impl SessionHandler {
             log_level: std::sync::Mutex::new(None),
             _stop: stop.clone().drop_guard(),
             stop,
-            metrics: gateway.metrics.clone(),
         };
-        gateway.metrics.session_opened();
         Self { gateway, state: Arc::new(state) }
     }
 
@@ -283,6 +275,35 @@ fn tool_target<'a>(gateway: &Gateway, entry: &'a crate::catalog::Entry<rmcp::mod
 // === impl Gateway ===
 
 impl Gateway {
+    /// Answers an `initialize` the transport takes itself (before any rmcp session exists;
+    /// [`crate::session::InitializeStates`]): the same span, policy record and durable audit
+    /// intent as rmcp's path, and the same result ([`SessionHandler`]'s server info, with the
+    /// protocol version negotiated as rmcp negotiates it: MCP 2025-11-25 basic/lifecycle
+    /// §Version Negotiation).
+    ///
+    /// # Errors
+    /// `-32052` when the audit store cannot take the intent (fail closed); an invalid-params
+    /// error when no protocol version can be agreed.
+    pub async fn initialize(
+        &self,
+        principal: Principal,
+        headers: &http::HeaderMap,
+        id: &rmcp::model::RequestId,
+        params: &InitializeRequestParams,
+    ) -> Result<InitializeResult, ErrorData> {
+        let mut ctx = RequestCtx::start("initialize", None, principal, Some(headers), &params.meta.clone().unwrap_or_default(), id, None);
+        ctx.allow_local("initialize");
+        let span = ctx.span.clone();
+        let result = async {
+            ctx.record_intent(self, None).await?;
+            ServerInfo.negotiate_initialize(params)
+        }
+        .instrument(span)
+        .await;
+        ctx.finish(self, &result);
+        result
+    }
+
     /// A shared handle on the client peers (for background tasks).
     pub fn client_peers_handle(&self) -> ClientPeers {
         self.client_peers.clone()
@@ -380,8 +401,10 @@ fn convert<T: serde::de::DeserializeOwned>(result: ServerResult, upstream: &str)
     serde_json::from_value(value).map_err(|_| unexpected(upstream))
 }
 
-impl ServerHandler for SessionHandler {
-    fn get_info(&self) -> ServerConfig {
+/// What the gateway tells every client at `initialize`: the capabilities it serves and its
+/// name. One definition for rmcp's path ([`SessionHandler`]) and the transport's
+/// ([`Gateway::initialize`]).
+fn server_info() -> ServerConfig {
         let capabilities = ServerCapabilities::builder()
             .enable_logging()
             .enable_completions()
@@ -396,6 +419,20 @@ impl ServerHandler for SessionHandler {
         ServerConfig::new(capabilities)
             .with_server_info(rmcp::model::Implementation::new("portcullis", env!("CARGO_PKG_VERSION")))
             .with_instructions("Portcullis MCP gateway: tools, resources and prompts of the allow-listed upstream servers this token may use.")
+}
+
+/// rmcp's `initialize` negotiation over [`server_info`], without a session.
+struct ServerInfo;
+
+impl ServerHandler for ServerInfo {
+    fn get_info(&self) -> ServerConfig {
+        server_info()
+    }
+}
+
+impl ServerHandler for SessionHandler {
+    fn get_info(&self) -> ServerConfig {
+        server_info()
     }
 
     async fn initialize(
@@ -404,6 +441,13 @@ impl ServerHandler for SessionHandler {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         let client = request.clone();
+        // rmcp restoring a session the transport initialized replays the handshake: the
+        // client's `initialize` is already audited, so this one only sets up the session.
+        if context.extensions.get::<rmcp::transport::streamable_http_server::session::SessionRestoreMarker>().is_some() {
+            context.peer.set_peer_info(client.clone());
+            let _ = self.state.client.set(client.clone());
+            return self.negotiate_initialize(&client);
+        }
         self.local("initialize", &context, async |_ctx| {
             context.peer.set_peer_info(client.clone());
             let _ = self.state.client.set(client.clone());

@@ -9,6 +9,13 @@
 //! ([`SessionBindings::sweep`]). rmcp's own idle timer is off, because calls on the direct
 //! path never reach rmcp's session.
 //!
+//! rmcp's per-session state (a worker task, channels, the router's session handler: about
+//! 75 KiB a session) is built only when a session first needs it. The transport answers a
+//! plain `initialize` itself and keeps its parameters in [`InitializeStates`], which rmcp
+//! reads as its `SessionStore`: the first request rmcp must serve (a GET stream, a list, a
+//! prompt) makes rmcp restore the session under the same id, replaying the handshake from
+//! these parameters. A session that only calls tools (the direct path) never builds it.
+//!
 //! Today the store is in memory (one process); the Redis-backed store for several replicas
 //! implements the same [`SessionBindings`] API.
 
@@ -16,6 +23,11 @@ use std::{
     collections::HashMap,
     sync::Mutex,
     time::{Duration, Instant},
+};
+
+use rmcp::{
+    model::InitializeRequestParams,
+    transport::streamable_http_server::session::store::{SessionState, SessionStore, SessionStoreError},
 };
 
 /// The form a session id takes wherever it is stored or sent on (audit rows, span
@@ -111,6 +123,55 @@ impl SessionBindings {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The `initialize` parameters of each live session, by session id: rmcp's `SessionStore`
+/// (rmcp 3.9 `streamable_http_server::session::store`), from which rmcp restores a session
+/// the gateway initialized (module docs). In memory; entries go when the session ends
+/// (DELETE, idle sweep).
+#[derive(Debug, Default)]
+pub struct InitializeStates {
+    entries: Mutex<HashMap<String, SessionState>>,
+}
+
+// === impl InitializeStates ===
+
+impl InitializeStates {
+    /// Records the `initialize` parameters of session `session_id`.
+    pub fn insert(&self, session_id: &str, params: InitializeRequestParams) {
+        self.lock().insert(session_id.to_owned(), SessionState::new(params));
+    }
+
+    /// Whether session `session_id` has recorded parameters.
+    pub fn contains(&self, session_id: &str) -> bool {
+        self.lock().contains_key(session_id)
+    }
+
+    /// Forgets session `session_id`.
+    pub fn remove(&self, session_id: &str) {
+        self.lock().remove(session_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionState>> {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for InitializeStates {
+    async fn load(&self, session_id: &str) -> Result<Option<SessionState>, SessionStoreError> {
+        Ok(self.lock().get(session_id).cloned())
+    }
+
+    async fn store(&self, session_id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
+        self.lock().insert(session_id.to_owned(), state.clone());
+        Ok(())
+    }
+
+    async fn delete(&self, session_id: &str) -> Result<(), SessionStoreError> {
+        self.remove(session_id);
+        Ok(())
     }
 }
 

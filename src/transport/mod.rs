@@ -16,6 +16,12 @@
 //! 5. **Scope step-up**: a call whose kind the token's scopes cannot reach → 403
 //!    `insufficient_scope` naming the scopes needed (RFC 6750 §3.1).
 //!
+//! A plain `initialize` (the plain headers below, a stateful protocol revision) is answered
+//! by the transport: audited like any request, a session id minted and bound, its parameters
+//! kept so that rmcp builds its own session state only at the session's first request rmcp
+//! must serve ([`crate::session`] module docs); the client's `notifications/initialized`
+//! is acknowledged (202) until then.
+//!
 //! A `tools/call` in an established session then takes the direct path
 //! ([`crate::router::DirectCalls`]): the router's steps run on the raw JSON-RPC envelope
 //! and the call goes upstream without rmcp in between; so do the client's answers to
@@ -43,7 +49,8 @@ use axum::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use rmcp::transport::streamable_http_server::{
-    StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    StreamableHttpServerConfig, StreamableHttpService,
+    session::{SessionManager as _, local::LocalSessionManager},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -52,7 +59,7 @@ use crate::{
     auth::{self, ResourceServer, issuer::EmbeddedIssuer},
     config::Settings,
     router::{DirectCalls, DirectReply, Gateway, SessionHandler},
-    session::{Binding, SessionBindings},
+    session::{Binding, InitializeStates, SessionBindings},
 };
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -66,6 +73,11 @@ pub struct AppState {
     issuer: Arc<EmbeddedIssuer>,
     bindings: Arc<SessionBindings>,
     direct: Arc<DirectCalls>,
+    /// rmcp's sessions (built on a session's first rmcp request, or at an `initialize` the
+    /// transport leaves to rmcp).
+    sessions: Arc<LocalSessionManager>,
+    /// `initialize` parameters of live sessions, from which rmcp builds its state on demand.
+    initialize_states: Arc<InitializeStates>,
     mcp: Arc<StreamableHttpService<SessionHandler, LocalSessionManager>>,
 }
 
@@ -85,17 +97,26 @@ impl AppState {
         // Idle expiry is the sweeper's (module docs): direct calls never touch rmcp's session.
         sessions.session_config.keep_alive = None;
         let sessions = Arc::new(sessions);
-        let config = StreamableHttpServerConfig::default()
+        let initialize_states = Arc::new(InitializeStates::default());
+        let mut config = StreamableHttpServerConfig::default()
             .with_allowed_hosts(settings.allowed_hosts.clone())
             .with_allowed_origins(settings.allowed_origins.clone())
             .with_max_request_body_bytes(settings.max_body_bytes)
             .with_cancellation_token(cancel.clone());
+        config.session_store = Some(initialize_states.clone());
         let factory_gateway = gateway.clone();
         let mcp = StreamableHttpService::new(move || Ok(SessionHandler::new(factory_gateway.clone())), sessions.clone(), config);
         let bindings = Arc::new(SessionBindings::new(settings.session_idle_timeout));
         let direct = Arc::new(DirectCalls::new(gateway.clone()));
-        tokio::spawn(sweep_idle_sessions(bindings.clone(), direct.clone(), sessions, cancel));
-        Self { settings, gateway, resource_server, issuer, bindings, direct, mcp: Arc::new(mcp) }
+        tokio::spawn(sweep_idle_sessions(
+            bindings.clone(),
+            direct.clone(),
+            sessions.clone(),
+            initialize_states.clone(),
+            gateway.metrics.clone(),
+            cancel,
+        ));
+        Self { settings, gateway, resource_server, issuer, bindings, direct, sessions, initialize_states, mcp: Arc::new(mcp) }
     }
 
     /// Session bindings (for metrics and tests).
@@ -109,9 +130,10 @@ async fn sweep_idle_sessions(
     bindings: Arc<SessionBindings>,
     direct: Arc<DirectCalls>,
     sessions: Arc<LocalSessionManager>,
+    initialize_states: Arc<InitializeStates>,
+    metrics: crate::telemetry::Metrics,
     cancel: tokio_util::sync::CancellationToken,
 ) {
-    use rmcp::transport::streamable_http_server::session::SessionManager as _;
     let period = (bindings.idle_timeout() / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
     let mut ticks = tokio::time::interval(period);
     loop {
@@ -120,6 +142,8 @@ async fn sweep_idle_sessions(
             _ = ticks.tick() => {}
         }
         for id in bindings.sweep() {
+            metrics.session_closed();
+            initialize_states.remove(&id);
             direct.close(&id);
             if let Err(error) = sessions.close_session(&Arc::from(id.as_str())).await {
                 tracing::debug!(%error, "idle session already gone");
@@ -200,6 +224,24 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
             state.gateway.metrics.record_policy_denial("insufficient_scope");
             return insufficient_scope(&state.settings, &missing, envelope.id.unwrap_or(Value::Null));
         }
+        // `initialize` in the plain case is the transport's: no rmcp state until needed.
+        if is_initialize
+            && session_id.is_none()
+            && let Some((id, params)) = gateway_initialize(&parts.headers, &envelope)
+        {
+            return initialize(&state, principal, &parts.headers, id, params, initialize_params).await;
+        }
+        // The client's `notifications/initialized` after such an `initialize`: rmcp replays
+        // the handshake itself when it builds the session.
+        if let Some(id) = &session_id
+            && envelope.method.as_deref() == Some("notifications/initialized")
+            && envelope.id.is_none()
+            && plain_headers(&parts.headers)
+            && state.initialize_states.contains(id)
+            && !state.sessions.has_session(&Arc::from(id.as_str())).await.unwrap_or(true)
+        {
+            return StatusCode::ACCEPTED.into_response();
+        }
         // The direct path, for an established session.
         if let Some(id) = &session_id
             && let Some(direct) = state.direct.session(id)
@@ -240,6 +282,7 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
         && let Some(new_id) = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
     {
         state.bindings.bind(new_id, binding_key);
+        state.gateway.metrics.session_opened();
         state.direct.open(new_id, initialize_params.as_ref());
     }
     if method == Method::DELETE
@@ -247,6 +290,8 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
         && let Some(id) = &session_id
     {
         state.bindings.unbind(id);
+        state.gateway.metrics.session_closed();
+        state.initialize_states.remove(id);
         state.direct.close(id);
     }
     Response::from_parts(parts, Body::new(body))
@@ -280,15 +325,7 @@ enum Direct {
 /// SSE, a JSON Content-Type, a known `MCP-Protocol-Version` (or none), and no task
 /// augmentation — so that every malformed or unusual request gets rmcp's answer.
 fn direct_route(headers: &http::HeaderMap, envelope: Envelope) -> Direct {
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
-    let accept = text(header::ACCEPT);
-    let plain = accept.contains("application/json")
-        && accept.contains("text/event-stream")
-        && text(header::CONTENT_TYPE).starts_with("application/json")
-        && headers.get("mcp-protocol-version").is_none_or(|v| {
-            rmcp::model::ProtocolVersion::KNOWN_VERSIONS.iter().any(|known| known.as_str().as_bytes() == v.as_bytes())
-        });
-    if !plain {
+    if !plain_headers(headers) {
         return Direct::Rmcp;
     }
     match (envelope.method.as_deref(), envelope.id, envelope.params) {
@@ -312,6 +349,70 @@ fn direct_route(headers: &http::HeaderMap, envelope: Envelope) -> Direct {
         }
         _ => Direct::Rmcp,
     }
+}
+
+/// Whether a POST's headers are the plain case the transport answers without rmcp: Accept
+/// naming both JSON and SSE, a JSON Content-Type, and a known `MCP-Protocol-Version` or none.
+fn plain_headers(headers: &http::HeaderMap) -> bool {
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    let accept = text(header::ACCEPT);
+    accept.contains("application/json")
+        && accept.contains("text/event-stream")
+        && text(header::CONTENT_TYPE).starts_with("application/json")
+        && headers.get("mcp-protocol-version").is_none_or(|v| {
+            rmcp::model::ProtocolVersion::KNOWN_VERSIONS.iter().any(|known| known.as_str().as_bytes() == v.as_bytes())
+        })
+}
+
+/// Protocol revisions whose `initialize` the transport answers itself (the stateful ones;
+/// 2026-07-28 and anything newer or unknown go to rmcp).
+const GATEWAY_INITIALIZE_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// The id and parameters of an `initialize` the transport answers itself: plain headers, no
+/// `Mcp-Method` header, an id, parameters that parse, a stateful protocol revision, and an
+/// `MCP-Protocol-Version` header that is absent or names that revision. Anything else goes
+/// to rmcp, which answers the odd cases (a header contradicting the body → -32600).
+fn gateway_initialize(headers: &http::HeaderMap, envelope: &Envelope) -> Option<(rmcp::model::RequestId, rmcp::model::InitializeRequestParams)> {
+    if !plain_headers(headers) || headers.contains_key("mcp-method") {
+        return None;
+    }
+    let id = serde_json::from_value(envelope.id.clone()?).ok()?;
+    let params: rmcp::model::InitializeRequestParams = serde_json::from_value(envelope.params.clone()?).ok()?;
+    let version = params.protocol_version.as_str();
+    let header_agrees = headers.get("mcp-protocol-version").is_none_or(|v| v.as_bytes() == version.as_bytes());
+    (header_agrees && GATEWAY_INITIALIZE_VERSIONS.contains(&version)).then_some((id, params))
+}
+
+/// Answers `initialize` without rmcp: audits it like rmcp's path, mints the session id
+/// (UUID v4, as rmcp does), binds it to the principal, and records the parameters rmcp will
+/// restore the session from ([`crate::session`] module docs). One JSON body (MCP
+/// 2025-11-25 basic/transports allows JSON or SSE).
+async fn initialize(
+    state: &AppState,
+    principal: auth::Principal,
+    headers: &http::HeaderMap,
+    id: rmcp::model::RequestId,
+    params: rmcp::model::InitializeRequestParams,
+    raw_params: Option<Value>,
+) -> Response {
+    let binding_key = principal.binding_key();
+    let body = match state.gateway.initialize(principal, headers, &id, &params).await {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(error) => {
+            let body = json!({"jsonrpc": "2.0", "id": id, "error": error});
+            return ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        }
+    };
+    let session = uuid::Uuid::new_v4().to_string();
+    state.initialize_states.insert(&session, params);
+    state.bindings.bind(&session, binding_key);
+    state.gateway.metrics.session_opened();
+    state.direct.open(&session, raw_params.as_ref());
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+    if let Ok(value) = HeaderValue::from_str(&session) {
+        response.headers_mut().insert(SESSION_HEADER, value);
+    }
+    response
 }
 
 /// The HTTP response for a direct call: one JSON body, or an SSE stream (MCP 2025-11-25

@@ -18,6 +18,7 @@ use crate::{
 
 struct Harness {
     app: Router,
+    state: AppState,
     issuer: Arc<EmbeddedIssuer>,
     _dir: tempfile::TempDir,
 }
@@ -45,7 +46,7 @@ async fn harness() -> Harness {
         client_peers: Default::default(),
     });
     let state = AppState::new(gateway, resource_server, issuer.clone(), tokio_util::sync::CancellationToken::new());
-    Harness { app: app(state), issuer, _dir: dir }
+    Harness { app: app(state.clone()), state, issuer, _dir: dir }
 }
 
 impl Harness {
@@ -226,4 +227,72 @@ async fn envelope_parse() {
     let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["error"]["code"], -32600);
     assert_eq!(body["error"]["message"], "Invalid Request: duplicate member `method`");
+}
+
+/// The transport answers a plain `initialize` itself; rmcp builds its session state (worker,
+/// channels, handler) only at the session's first request it must serve, restoring it under
+/// the same id from the recorded parameters, without a second audit row for the replayed
+/// handshake. An `initialize` rmcp must judge (a contradicting version header) is still
+/// rmcp's.
+#[tokio::test]
+async fn rmcp_session_state_is_built_at_first_need() {
+    use rmcp::transport::streamable_http_server::session::SessionManager as _;
+    let h = harness().await;
+    let alice = h.token("alice", &["mcp:tools"]);
+    let (status, headers, body) = h.post(Some(&alice), None, initialize(), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    let result: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(result["id"], 1);
+    assert_eq!(result["result"]["protocolVersion"], "2025-11-25");
+    assert_eq!(result["result"]["serverInfo"]["name"], "portcullis");
+    assert_eq!(result["result"]["capabilities"]["tools"]["listChanged"], true);
+    let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let id: rmcp::transport::streamable_http_server::SessionId = Arc::from(session.as_str());
+    assert!(!h.state.sessions.has_session(&id).await.unwrap(), "no rmcp state at initialize");
+
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
+    let (status, _, _) = h.post(Some(&alice), Some(&session), initialized, &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(!h.state.sessions.has_session(&id).await.unwrap(), "none after initialized either");
+
+    // First request rmcp serves: the session is restored under the same id and answers.
+    let ping = json!({"jsonrpc":"2.0","id":2,"method":"ping"}).to_string();
+    let (status, _, body) = h.post(Some(&alice), Some(&session), ping.clone(), &[("mcp-protocol-version", "2025-11-25")]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(r#""id":2"#) && body.contains(r#""result":{}"#), "{body}");
+    assert!(h.state.sessions.has_session(&id).await.unwrap());
+    let (status, _, _) = h.post(Some(&alice), Some(&session), ping.clone(), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    // Another principal still cannot use it.
+    let mallory = h.token("mallory", &["mcp:tools"]);
+    let (status, _, _) = h.post(Some(&mallory), Some(&session), ping.clone(), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // One audited initialize: the replayed handshake wrote none.
+    let audit = h.state.gateway.audit.as_ref().unwrap();
+    audit.flush().await;
+    let url = format!("sqlite://{}", h._dir.path().join("audit").join("audit.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let methods: Vec<(String, String)> = sqlx::query_as("SELECT kind, method FROM audit_log WHERE kind = 'intent' ORDER BY seq").fetch_all(&pool).await.unwrap();
+    let methods: Vec<&str> = methods.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(methods, ["initialize", "ping", "ping"], "{methods:?}");
+
+    // DELETE ends both; the id is then unknown.
+    let request = Request::delete("/mcp")
+        .header("host", "127.0.0.1:8080")
+        .header("authorization", format!("Bearer {alice}"))
+        .header("mcp-session-id", &session)
+        .body(Body::empty())
+        .unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    assert!(!h.state.sessions.has_session(&id).await.unwrap());
+    assert!(!h.state.initialize_states.contains(&session));
+    let (status, _, _) = h.post(Some(&alice), Some(&session), ping, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A version header contradicting the body is rmcp's to refuse.
+    let (status, _, body) = h.post(Some(&alice), None, initialize(), &[("mcp-protocol-version", "2025-06-18")]).await;
+    assert!(body.contains("does not match"), "{status} {body}");
 }
