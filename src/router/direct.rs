@@ -145,6 +145,7 @@ impl DirectCalls {
             relayed: Mutex::new(HashMap::new()),
             next_relay: AtomicU64::new(0),
         };
+        self.gateway.client_peers.open(session_id);
         lock(&self.sessions).insert(Arc::from(session_id), Arc::new(session));
     }
 
@@ -281,7 +282,7 @@ impl DirectSession {
         if let Some(params) = level {
             set_level(&connection, &params).await;
         }
-        tokio::spawn(standalone(Arc::downgrade(&connection), gateway.catalog_events.clone(), gateway_peer(gateway, &self.session_id)));
+        tokio::spawn(standalone(Arc::downgrade(&connection), gateway.catalog_events.clone(), gateway.client_peers_handle(), self.session_id.clone()));
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -295,27 +296,27 @@ async fn set_level(connection: &RawSession, params: &Value) {
     }
 }
 
-/// How the standalone-stream reader finds the client session's rmcp peer (looked up per
-/// message: the peer is registered once the client's `notifications/initialized` arrives).
-fn gateway_peer(gateway: &Gateway, session_id: &Arc<str>) -> impl Fn() -> Option<rmcp::service::Peer<rmcp::RoleServer>> + Send + 'static {
-    let peers = gateway.client_peers_handle();
-    let session_id = session_id.clone();
-    move || peers.get(&session_id)
-}
-
 /// Reads an upstream session's standalone SSE stream until the session stops: list changes
 /// go to the catalog, other notifications to the client session, requests (`sampling/…`,
 /// `elicitation/…`, `roots/list`) are relayed to the client and its answer posted back;
 /// `ping` is answered here. Holds the session weakly, so dropping it ends the reader.
-async fn standalone(
-    connection: std::sync::Weak<RawSession>,
-    catalog_events: upstream::CatalogEvents,
-    peer: impl Fn() -> Option<rmcp::service::Peer<rmcp::RoleServer>> + Send + 'static,
-) {
+///
+/// The stream is opened only once the client session has an rmcp peer (it reached rmcp:
+/// [`super::ClientPeers`]); before that nothing could be relayed, and a session that only
+/// calls tools holds no second upstream connection. List changes still reach the catalog
+/// through its own upstream sessions.
+async fn standalone(connection: std::sync::Weak<RawSession>, catalog_events: upstream::CatalogEvents, peers: super::ClientPeers, session_id: Arc<str>) {
     use rmcp::model::{JsonRpcMessage, ServerJsonRpcMessage, ServerNotification, ServerRequest};
+    let (upstream, stop) = match connection.upgrade() {
+        Some(session) => (session.upstream().clone(), session.stopped()),
+        None => return,
+    };
+    tokio::select! {
+        () = stop.cancelled() => return,
+        peer = peers.wait(&session_id) => if peer.is_none() { return },
+    }
+    let peer = || peers.get(&session_id);
     let Some(session) = connection.upgrade() else { return };
-    let upstream = session.upstream().clone();
-    let stop = session.stopped();
     let mut events = match session.listen().await {
         Ok(Some(events)) => events,
         Ok(None) => return,

@@ -91,28 +91,56 @@ pub struct Gateway {
 
 /// The rmcp peer of each initialized client session, by MCP session id: where the direct
 /// path relays what an upstream sends outside any call (on its standalone SSE stream) —
-/// log messages, `resources/updated`, server-to-client requests.
-#[derive(Default, Clone)]
-pub struct ClientPeers(Arc<std::sync::Mutex<HashMap<String, rmcp::service::Peer<RoleServer>>>>);
+/// log messages, `resources/updated`, server-to-client requests. A session has a slot from
+/// [`ClientPeers::open`] (the direct path's session open) and a peer once rmcp serves it
+/// (`notifications/initialized`, also when rmcp restores a session the transport
+/// initialized); until then there is no client stream to relay to, and
+/// [`ClientPeers::wait`] holds the direct path's upstream standalone streams unopened.
+/// (`P` is the peer type: rmcp's, or a stand-in in unit tests.)
+pub struct ClientPeers<P = rmcp::service::Peer<RoleServer>>(Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<Option<P>>>>>);
+
+impl<P> Default for ClientPeers<P> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<P> Clone for ClientPeers<P> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
 
 // === impl ClientPeers ===
 
-impl ClientPeers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, rmcp::service::Peer<RoleServer>>> {
+impl<P: Clone> ClientPeers<P> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::sync::watch::Sender<Option<P>>>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers the peer of session `id`.
-    pub fn insert(&self, id: String, peer: rmcp::service::Peer<RoleServer>) {
-        self.lock().insert(id, peer);
+    /// Opens the slot of session `id` (no peer yet).
+    pub fn open(&self, id: &str) {
+        self.lock().entry(id.to_owned()).or_insert_with(|| tokio::sync::watch::channel(None).0);
+    }
+
+    /// Registers the peer of session `id`, waking its waiters.
+    pub fn insert(&self, id: String, peer: P) {
+        self.lock().entry(id).or_insert_with(|| tokio::sync::watch::channel(None).0).send_replace(Some(peer));
     }
 
     /// The peer of session `id`.
-    pub fn get(&self, id: &str) -> Option<rmcp::service::Peer<RoleServer>> {
-        self.lock().get(id).cloned()
+    pub fn get(&self, id: &str) -> Option<P> {
+        self.lock().get(id).and_then(|slot| slot.borrow().clone())
     }
 
-    /// Forgets session `id`.
+    /// Waits until session `id` has a peer; `None` when the session has no slot or ends
+    /// first.
+    pub async fn wait(&self, id: &str) -> Option<P> {
+        let mut registered = self.lock().get(id)?.subscribe();
+        registered.wait_for(Option::is_some).await.ok().and_then(|peer| peer.clone())
+    }
+
+    /// Forgets session `id` (its waiters get `None`).
     pub fn remove(&self, id: &str) {
         self.lock().remove(id);
     }
@@ -246,17 +274,8 @@ impl SessionHandler {
         context: &RequestContext<RoleServer>,
         work: impl AsyncFnOnce(&mut RequestCtx) -> Result<T, ErrorData>,
     ) -> Result<T, ErrorData> {
-        let mut ctx = RequestCtx::begin(method, None, context)?;
-        ctx.allow_local(method);
-        let span = ctx.span.clone();
-        let result = async {
-            ctx.record_intent(&self.gateway, None).await?;
-            work(&mut ctx).await
-        }
-        .instrument(span)
-        .await;
-        ctx.finish(&self.gateway, &result);
-        result
+        let ctx = RequestCtx::begin(method, None, context)?;
+        self.gateway.run_local(ctx, work).await
     }
 }
 
@@ -291,12 +310,69 @@ impl Gateway {
         id: &rmcp::model::RequestId,
         params: &InitializeRequestParams,
     ) -> Result<InitializeResult, ErrorData> {
-        let mut ctx = RequestCtx::start("initialize", None, principal, Some(headers), &params.meta.clone().unwrap_or_default(), id, None);
-        ctx.allow_local("initialize");
+        let meta = params.meta.clone().unwrap_or_default();
+        self.answer_local("initialize", principal, headers, id, &meta, None, async |_| ServerInfo.negotiate_initialize(params)).await
+    }
+
+    /// Answers `tools/list` for a session the transport serves without rmcp: the same
+    /// policy-filtered catalog, span and audit rows as [`SessionHandler`]'s `tools/list` (all
+    /// tools in one page, as there). `session_id` is the client's (raw; hashed where stored).
+    ///
+    /// # Errors
+    /// `-32052` when the audit store cannot take the intent (fail closed).
+    pub async fn list_tools(
+        &self,
+        principal: Principal,
+        headers: &http::HeaderMap,
+        id: &rmcp::model::RequestId,
+        meta: &rmcp::model::RequestMetaObject,
+        session_id: &str,
+    ) -> Result<ListToolsResult, ErrorData> {
+        self.answer_local("tools/list", principal, headers, id, meta, Some(session_id), async |ctx| {
+            Ok(ListToolsResult::with_all_items(self.visible_tools(&ctx.principal)))
+        })
+        .await
+    }
+
+    /// Answers `ping` for a session the transport serves without rmcp (audited like rmcp's).
+    ///
+    /// # Errors
+    /// `-32052` when the audit store cannot take the intent (fail closed).
+    pub async fn ping(&self, principal: Principal, headers: &http::HeaderMap, id: &rmcp::model::RequestId, session_id: &str) -> Result<(), ErrorData> {
+        self.answer_local("ping", principal, headers, id, &Default::default(), Some(session_id), async |_| Ok(())).await
+    }
+
+    /// The tools `principal` may see: the catalog filtered by policy (deny by default).
+    fn visible_tools(&self, principal: &Principal) -> Vec<rmcp::model::Tool> {
+        let catalog = self.catalog.current();
+        catalog.tools().iter().filter(|e| self.policy.permits(principal, tool_target(self, e))).map(|e| e.item.clone()).collect()
+    }
+
+    /// A request the transport hands over for the gateway to answer itself (outside rmcp).
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_local<T>(
+        &self,
+        method: &'static str,
+        principal: Principal,
+        headers: &http::HeaderMap,
+        id: &rmcp::model::RequestId,
+        meta: &rmcp::model::RequestMetaObject,
+        session_id: Option<&str>,
+        work: impl AsyncFnOnce(&mut RequestCtx) -> Result<T, ErrorData>,
+    ) -> Result<T, ErrorData> {
+        let ctx = RequestCtx::start(method, None, principal, Some(headers), meta, id, session_id.map(str::to_owned));
+        self.run_local(ctx, work).await
+    }
+
+    /// The steps of a request the gateway answers itself (lists, `initialize`, `ping`): an
+    /// allowing decision by the gateway, the durable audit intent, `work`, the outcome.
+    async fn run_local<T>(&self, mut ctx: RequestCtx, work: impl AsyncFnOnce(&mut RequestCtx) -> Result<T, ErrorData>) -> Result<T, ErrorData> {
+        let method = ctx.method;
+        ctx.allow_local(method);
         let span = ctx.span.clone();
         let result = async {
             ctx.record_intent(self, None).await?;
-            ServerInfo.negotiate_initialize(params)
+            work(&mut ctx).await
         }
         .instrument(span)
         .await;
@@ -495,18 +571,7 @@ impl ServerHandler for SessionHandler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        self.local("tools/list", &context, async |ctx| {
-            let catalog = self.gateway.catalog.current();
-            let policy = &self.gateway.policy;
-            let tools = catalog
-                .tools()
-                .iter()
-                .filter(|e| policy.permits(&ctx.principal, tool_target(&self.gateway, e)))
-                .map(|e| e.item.clone())
-                .collect();
-            Ok(ListToolsResult::with_all_items(tools))
-        })
-        .await
+        self.local("tools/list", &context, async |ctx| Ok(ListToolsResult::with_all_items(self.gateway.visible_tools(&ctx.principal)))).await
     }
 
     async fn call_tool(
@@ -774,5 +839,43 @@ impl SessionHandler {
             ResourceRoute::Upstream(upstream) => Ok(upstream),
             ResourceRoute::Ambiguous | ResourceRoute::Unknown => Err(hidden(TargetKind::Resource, uri)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::ClientPeers;
+
+    /// The direct path's upstream standalone streams wait on this: a waiter is woken by the
+    /// session's peer, ends with `None` when the session goes, and a session without a slot
+    /// (never opened, or already closed) is not waited for.
+    #[tokio::test]
+    async fn client_peer_waiters_wake_on_registration_and_end_with_the_session() {
+        let peers: ClientPeers<&'static str> = ClientPeers::default();
+        assert_eq!(peers.wait("unknown").await, None);
+
+        peers.open("s1");
+        assert_eq!(peers.get("s1"), None);
+        let waiter = tokio::spawn({
+            let peers = peers.clone();
+            async move { peers.wait("s1").await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "no peer yet: the waiter must still wait");
+        peers.insert("s1".into(), "peer-1");
+        assert_eq!(waiter.await.unwrap(), Some("peer-1"));
+        assert_eq!(peers.wait("s1").await, Some("peer-1"), "a registered peer is returned at once");
+
+        peers.open("s2");
+        let waiter = tokio::spawn({
+            let peers = peers.clone();
+            async move { peers.wait("s2").await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        peers.remove("s2");
+        assert_eq!(waiter.await.unwrap(), None);
+        assert_eq!(peers.wait("s2").await, None);
     }
 }

@@ -265,6 +265,14 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
                         };
                     }
                 }
+                Direct::ListTools { id, meta } => {
+                    let result = state.gateway.list_tools(principal, &parts.headers, &id, &meta, session_id.as_deref().unwrap_or_default()).await;
+                    return local_response(&id, result);
+                }
+                Direct::Ping(id) => {
+                    let result = state.gateway.ping(principal, &parts.headers, &id, session_id.as_deref().unwrap_or_default()).await;
+                    return local_response(&id, result.map(|()| json!({})));
+                }
                 Direct::SetLevel(params) => state.direct.set_level(&direct, params),
                 Direct::Cancel(_) | Direct::Rmcp => {}
             }
@@ -315,6 +323,10 @@ enum Direct {
     Cancel(Value),
     /// A JSON-RPC response (direct if it answers a request relayed on the direct path).
     Answer { id: Value, message: Value },
+    /// `tools/list`, answered from the catalog without rmcp.
+    ListTools { id: rmcp::model::RequestId, meta: rmcp::model::RequestMetaObject },
+    /// `ping`, answered without rmcp.
+    Ping(rmcp::model::RequestId),
     /// `logging/setLevel`: recorded for the direct path's upstream sessions, then to rmcp.
     SetLevel(Value),
     /// Everything else.
@@ -330,6 +342,14 @@ fn direct_route(headers: &http::HeaderMap, envelope: Envelope) -> Direct {
     }
     match (envelope.method.as_deref(), envelope.id, envelope.params) {
         (Some("tools/call"), Some(id), Some(Value::Object(params))) if !params.contains_key("task") => Direct::Call { id, params },
+        (Some(method @ ("tools/list" | "ping")), Some(id), params) if params.as_ref().is_none_or(Value::is_object) => {
+            let Ok(id) = serde_json::from_value(id) else { return Direct::Rmcp };
+            if method == "ping" {
+                return Direct::Ping(id);
+            }
+            let meta = params.as_ref().and_then(|p| p.get("_meta")).and_then(|m| serde_json::from_value(m.clone()).ok()).unwrap_or_default();
+            Direct::ListTools { id, meta }
+        }
         (Some("logging/setLevel"), Some(_), Some(params)) => Direct::SetLevel(params),
         (Some("notifications/cancelled"), None, Some(params)) => match params.get("requestId") {
             Some(request_id) => Direct::Cancel(request_id.clone()),
@@ -396,23 +416,47 @@ async fn initialize(
     raw_params: Option<Value>,
 ) -> Response {
     let binding_key = principal.binding_key();
-    let body = match state.gateway.initialize(principal, headers, &id, &params).await {
-        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-        Err(error) => {
-            let body = json!({"jsonrpc": "2.0", "id": id, "error": error});
-            return ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
-        }
-    };
+    let result = state.gateway.initialize(principal, headers, &id, &params).await;
+    let failed = result.is_err();
+    let mut response = local_response(&id, result);
+    if failed {
+        return response;
+    }
     let session = uuid::Uuid::new_v4().to_string();
     state.initialize_states.insert(&session, params);
     state.bindings.bind(&session, binding_key);
     state.gateway.metrics.session_opened();
     state.direct.open(&session, raw_params.as_ref());
-    let mut response = ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
     if let Ok(value) = HeaderValue::from_str(&session) {
         response.headers_mut().insert(SESSION_HEADER, value);
     }
     response
+}
+
+/// The JSON-RPC response to a request the gateway answered itself (one JSON body).
+fn local_response<T: serde::Serialize>(id: &rmcp::model::RequestId, result: Result<T, rmcp::ErrorData>) -> Response {
+    /// Serialized straight from the typed result (no intermediate `Value`: a list of a
+    /// thousand tools is written once).
+    #[derive(serde::Serialize)]
+    struct Reply<'a, T> {
+        jsonrpc: &'static str,
+        id: &'a rmcp::model::RequestId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<T>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<rmcp::ErrorData>,
+    }
+    let (result, error) = match result {
+        Ok(result) => (Some(result), None),
+        Err(error) => (None, Some(error)),
+    };
+    match serde_json::to_vec(&Reply { jsonrpc: "2.0", id, result, error }) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "serializing a local answer failed");
+            json_rpc_error(StatusCode::INTERNAL_SERVER_ERROR, -32603, "Internal error", Value::Null)
+        }
+    }
 }
 
 /// The HTTP response for a direct call: one JSON body, or an SSE stream (MCP 2025-11-25

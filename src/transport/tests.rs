@@ -256,17 +256,30 @@ async fn rmcp_session_state_is_built_at_first_need() {
     assert_eq!(status, StatusCode::ACCEPTED);
     assert!(!h.state.sessions.has_session(&id).await.unwrap(), "none after initialized either");
 
-    // First request rmcp serves: the session is restored under the same id and answers.
+    // `ping` and `tools/list` are answered without rmcp too.
     let ping = json!({"jsonrpc":"2.0","id":2,"method":"ping"}).to_string();
-    let (status, _, body) = h.post(Some(&alice), Some(&session), ping.clone(), &[("mcp-protocol-version", "2025-11-25")]).await;
+    let (status, headers, body) = h.post(Some(&alice), Some(&session), ping.clone(), &[("mcp-protocol-version", "2025-11-25")]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body.contains(r#""id":2"#) && body.contains(r#""result":{}"#), "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"jsonrpc":"2.0","id":2,"result":{}}));
+    let list = json!({"jsonrpc":"2.0","id":"l","method":"tools/list","params":{}}).to_string();
+    let (status, _, body) = h.post(Some(&alice), Some(&session), list, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((&listed["id"], &listed["result"]["tools"]), (&json!("l"), &json!([])), "{body}");
+    assert!(!h.state.sessions.has_session(&id).await.unwrap(), "no rmcp state for ping and tools/list");
+
+    // First request rmcp serves: the session is restored under the same id and answers.
+    let prompts = json!({"jsonrpc":"2.0","id":3,"method":"prompts/list"}).to_string();
+    let (status, _, body) = h.post(Some(&alice), Some(&session), prompts.clone(), &[("mcp-protocol-version", "2025-11-25")]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(r#""id":3"#) && body.contains(r#""prompts":[]"#), "{body}");
     assert!(h.state.sessions.has_session(&id).await.unwrap());
-    let (status, _, _) = h.post(Some(&alice), Some(&session), ping.clone(), &[]).await;
+    let (status, _, _) = h.post(Some(&alice), Some(&session), prompts.clone(), &[]).await;
     assert_eq!(status, StatusCode::OK);
     // Another principal still cannot use it.
     let mallory = h.token("mallory", &["mcp:tools"]);
-    let (status, _, _) = h.post(Some(&mallory), Some(&session), ping.clone(), &[]).await;
+    let (status, _, _) = h.post(Some(&mallory), Some(&session), prompts, &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // One audited initialize: the replayed handshake wrote none.
@@ -276,7 +289,7 @@ async fn rmcp_session_state_is_built_at_first_need() {
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     let methods: Vec<(String, String)> = sqlx::query_as("SELECT kind, method FROM audit_log WHERE kind = 'intent' ORDER BY seq").fetch_all(&pool).await.unwrap();
     let methods: Vec<&str> = methods.iter().map(|(_, m)| m.as_str()).collect();
-    assert_eq!(methods, ["initialize", "ping", "ping"], "{methods:?}");
+    assert_eq!(methods, ["initialize", "ping", "tools/list", "prompts/list", "prompts/list"], "{methods:?}");
 
     // DELETE ends both; the id is then unknown.
     let request = Request::delete("/mcp")
