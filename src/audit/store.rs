@@ -5,9 +5,10 @@
 //! IMMEDIATE`, the database write lock; PostgreSQL: `pg_advisory_xact_lock`), then reads the
 //! chain head from the table itself, seals the new rows onto it and inserts them, with a signed
 //! checkpoint when one is due. Reading the head inside the lock is what keeps one gap-free chain
-//! when several processes or replicas write to the same database. On SQLite a writer that
-//! remembers the head it last committed skips the read: one autocommit INSERT of rows sealed
-//! onto that head, refused by the `seq` primary key when the head moved (see [`Store::append`]).
+//! when several processes or replicas write to the same database. A writer that remembers the
+//! head it last committed skips the read — on SQLite with one autocommit INSERT, on PostgreSQL
+//! still under the lock — and the `seq` primary key refuses rows sealed onto a head that
+//! moved, upon which the append is made again with the head read (see [`Store::append`]).
 
 use std::{borrow::Cow, str::FromStr as _, time::Duration};
 
@@ -210,8 +211,11 @@ impl Store {
     /// as `BEGIN IMMEDIATE` would, and if another writer moved the head since, the first row's
     /// `seq` already exists, the primary key refuses the whole statement and the append falls
     /// back to the locked read-then-insert transaction. One round trip to SQLite's worker
-    /// thread instead of four. (PostgreSQL always takes the transaction: there, another
-    /// replica's locked transaction could otherwise collide with this insert and fail.)
+    /// thread instead of four. PostgreSQL always takes the transaction and the advisory lock
+    /// (in one round trip with `BEGIN`): without the lock, another replica's locked append
+    /// could collide with this insert and fail. Under the lock it skips the head read when it
+    /// has a remembered head: `BEGIN`+lock, INSERT, COMMIT, three round trips instead of
+    /// five; a refused INSERT (another replica appended) is made again with the head read.
     ///
     /// # Errors
     /// [`Error::Store`] when the transaction fails; nothing is then written.
@@ -234,26 +238,58 @@ impl Store {
                 Err(error) => tracing::debug!(%error, "audit append on the known head refused; re-reading the head"),
             }
         }
+        // PostgreSQL: under the append lock no other replica can be mid-append, so a
+        // remembered head is only wrong if another replica committed since; then the first new
+        // `seq` exists, the INSERT fails, and the append is made again with the head re-read.
+        let mut trusted = match self {
+            Self::Postgres(_) => known_head.cloned(),
+            Self::Sqlite(_) => None,
+        };
+        loop {
+            match self.append_locked(rows, replica, checkpoint, trusted.take()).await {
+                Err(AppendError::StaleHead(error)) => tracing::debug!(%error, "audit append on the known head refused; re-reading the head"),
+                Err(AppendError::Store(error)) => return Err(error),
+                Ok(appended) => return Ok(appended),
+            }
+        }
+    }
+
+    /// One append transaction under the lock (SQLite `BEGIN IMMEDIATE`; PostgreSQL the
+    /// advisory lock, taken in the same round trip as `BEGIN`), sealing onto `head` when given
+    /// (PostgreSQL only: see [`Store::append`]), else onto the head read inside the lock.
+    async fn append_locked(
+        &self,
+        rows: &mut [Row],
+        replica: &str,
+        checkpoint: Option<Sign<'_>>,
+        head: Option<(i64, String)>,
+    ) -> Result<Appended, AppendError> {
+        let trusted = head.is_some();
         with_pool!(self, pool => {
             let mut tx = match self {
-                Self::Sqlite(_) => pool.begin_with("BEGIN IMMEDIATE").await?,
-                Self::Postgres(_) => pool.begin().await?,
+                Self::Sqlite(_) => pool.begin_with("BEGIN IMMEDIATE").await.map_err(Error::from)?,
+                Self::Postgres(_) => pool.begin_with(PG_BEGIN_LOCKED.as_str()).await.map_err(Error::from)?,
             };
-            if matches!(self, Self::Postgres(_)) {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_APPEND_LOCK).execute(&mut *tx).await?;
-            }
-            let head: Option<(i64, String)> = sqlx::query_as("SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-            let (seqs, (seq, hash)) = seal_onto(rows, head.unwrap_or((0, GENESIS.to_owned())));
+            let head = match head {
+                Some(head) => head,
+                None => sqlx::query_as::<_, (i64, String)>("SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(Error::from)?
+                    .unwrap_or((0, GENESIS.to_owned())),
+            };
+            let (seqs, (seq, hash)) = seal_onto(rows, head);
             for chunk in rows.chunks(INSERT_CHUNK) {
-                insert_rows(chunk).build().execute(&mut *tx).await?;
+                if let Err(error) = insert_rows(chunk).build().execute(&mut *tx).await {
+                    return Err(if trusted { AppendError::StaleHead(error) } else { AppendError::Store(error.into()) });
+                }
             }
             let mut written = None;
             if let Some(sign) = checkpoint {
                 let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(row_count) FROM audit_checkpoint")
                     .fetch_one(&mut *tx)
-                    .await?;
+                    .await
+                    .map_err(Error::from)?;
                 if seq > latest.unwrap_or(0) {
                     let ts_us = super::now_us();
                     let token = sign(seq, &hash, ts_us)?;
@@ -266,11 +302,12 @@ impl Store {
                     .bind(replica.to_owned())
                     .bind(token.clone())
                     .fetch_one(&mut *tx)
-                    .await?;
+                    .await
+                    .map_err(Error::from)?;
                     written = Some(CheckpointRow { id, ts_us, row_count: seq, head_hash: hash.clone(), token });
                 }
             }
-            tx.commit().await?;
+            tx.commit().await.map_err(Error::from)?;
             Ok(Appended { seqs, head: (seq, hash), checkpoint: written })
         })
     }
@@ -337,6 +374,24 @@ impl Store {
         with_pool!(self, pool => pool.close().await);
     }
 }
+
+/// Why one locked append failed.
+enum AppendError {
+    /// The INSERT onto a remembered head was refused (another replica moved the head).
+    StaleHead(sqlx::Error),
+    /// Anything else: the append failed and nothing was written.
+    Store(Error),
+}
+
+impl From<Error> for AppendError {
+    fn from(error: Error) -> Self {
+        Self::Store(error)
+    }
+}
+
+/// `BEGIN` and the append lock in one round trip (a simple query of two statements; the head
+/// is read by a later statement, whose snapshot is taken after the lock is held).
+static PG_BEGIN_LOCKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("BEGIN; SELECT pg_advisory_xact_lock({PG_APPEND_LOCK})"));
 
 /// Seals `rows` in order onto the chain head `(seq, row_hash)`: returns each row's `seq` and
 /// the new head.
