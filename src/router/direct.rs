@@ -459,13 +459,7 @@ impl Call {
         let started = std::time::Instant::now();
         let exchanged = self.exchange(&upstream, &params, &call, &extra).instrument(span.clone()).await;
         gateway.metrics.record_upstream_call(&upstream, "tools/call", started.elapsed());
-        let message = exchanged.inspect_err(|error| {
-            span.record_error(match i64::from(error.code.0) {
-                code if code == i64::from(upstream::UPSTREAM_TIMEOUT) => "timeout",
-                code if code == i64::from(upstream::UPSTREAM_UNAVAILABLE) => "unavailable",
-                _ => "upstream_error",
-            });
-        })?;
+        let message = exchanged.inspect_err(|error| span.record_error(super::upstream_error_class(error)))?;
         let response: UpstreamResponse = serde_json::from_slice(&message).map_err(|_| unexpected(&upstream))?;
         if let Some(error) = response.error {
             span.record_error("upstream_error");

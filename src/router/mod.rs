@@ -257,12 +257,9 @@ impl SessionHandler {
             if let upstream::Error::Unavailable { .. } = error {
                 tracing::warn!(%error, "upstream call failed");
             }
-            span.record_error(match error {
-                upstream::Error::Timeout { .. } => "timeout",
-                upstream::Error::Rpc { .. } => "upstream_error",
-                upstream::Error::Unavailable { .. } | upstream::Error::GrantMismatch { .. } => "unavailable",
-            });
-            upstream_error(&error)
+            let error = upstream_error(&error);
+            span.record_error(upstream_error_class(&error));
+            error
         })
     }
 
@@ -435,6 +432,17 @@ impl Gateway {
 
 fn upstream_error(error: &upstream::Error) -> ErrorData {
     upstream::to_error_data(error)
+}
+
+/// The client span's `error.type` for a failed upstream call, from the JSON-RPC error the
+/// client gets (one classification for rmcp's path and the direct path): `timeout`,
+/// `unavailable` (unreachable), else `upstream_error` (the upstream's own error).
+fn upstream_error_class(error: &ErrorData) -> &'static str {
+    match i64::from(error.code.0) {
+        code if code == i64::from(upstream::UPSTREAM_TIMEOUT) => "timeout",
+        code if code == i64::from(upstream::UPSTREAM_UNAVAILABLE) => "unavailable",
+        _ => "upstream_error",
+    }
 }
 
 /// The error for an unknown target, also used for a denied one (they must be identical).
@@ -846,7 +854,17 @@ impl SessionHandler {
 mod tests {
     use std::time::Duration;
 
-    use super::ClientPeers;
+    use super::{ClientPeers, upstream, upstream_error, upstream_error_class};
+
+    #[test]
+    fn upstream_failures_are_classified_by_the_error_the_client_gets() {
+        let up: std::sync::Arc<str> = std::sync::Arc::from("fx");
+        let timeout = upstream::Error::Timeout { upstream: up.clone(), timeout: Duration::from_secs(1) };
+        let unavailable = upstream::Error::Unavailable { upstream: up, reason: "refused".into() };
+        assert_eq!(upstream_error_class(&upstream_error(&timeout)), "timeout");
+        assert_eq!(upstream_error_class(&upstream_error(&unavailable)), "unavailable");
+        assert_eq!(upstream_error_class(&rmcp::ErrorData::invalid_params("bad", None)), "upstream_error");
+    }
 
     /// The direct path's upstream standalone streams wait on this: a waiter is woken by the
     /// session's peer, ends with `None` when the session goes, and a session without a slot
