@@ -123,9 +123,12 @@ impl<P: Clone> ClientPeers<P> {
         self.lock().entry(id.to_owned()).or_insert_with(|| tokio::sync::watch::channel(None).0);
     }
 
-    /// Registers the peer of session `id`, waking its waiters.
-    pub fn insert(&self, id: String, peer: P) {
-        self.lock().entry(id).or_insert_with(|| tokio::sync::watch::channel(None).0).send_replace(Some(peer));
+    /// Registers the peer of session `id`, waking its waiters; ignored when the session has
+    /// no slot (never opened, or already ended: a late registration must not revive it).
+    pub fn insert(&self, id: &str, peer: P) {
+        if let Some(slot) = self.lock().get(id) {
+            slot.send_replace(Some(peer));
+        }
     }
 
     /// The peer of session `id`.
@@ -156,6 +159,8 @@ struct SessionState {
     client: OnceCell<ClientConfig>,
     connections: HashMap<Arc<str>, Mutex<Option<Arc<Connection>>>>,
     log_level: std::sync::Mutex<Option<rmcp::model::LoggingLevel>>,
+    /// Whether `notifications/initialized` was handled (its relay task runs once).
+    initialized: std::sync::atomic::AtomicBool,
     /// Stops this session's background tasks when the session ends.
     _stop: DropGuard,
     stop: CancellationToken,
@@ -172,6 +177,7 @@ impl SessionHandler {
             client: OnceCell::new(),
             connections,
             log_level: std::sync::Mutex::new(None),
+            initialized: std::sync::atomic::AtomicBool::new(false),
             _stop: stop.clone().drop_guard(),
             stop,
         };
@@ -524,27 +530,29 @@ impl ServerHandler for SessionHandler {
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
-        let client = request.clone();
+        let set_up = || {
+            context.peer.set_peer_info(request.clone());
+            let _ = self.state.client.set(request.clone());
+            self.negotiate_initialize(&request)
+        };
         // rmcp restoring a session the transport initialized replays the handshake: the
         // client's `initialize` is already audited, so this one only sets up the session.
         if context.extensions.get::<rmcp::transport::streamable_http_server::session::SessionRestoreMarker>().is_some() {
-            context.peer.set_peer_info(client.clone());
-            let _ = self.state.client.set(client.clone());
-            return self.negotiate_initialize(&client);
+            return set_up();
         }
-        self.local("initialize", &context, async |_ctx| {
-            context.peer.set_peer_info(client.clone());
-            let _ = self.state.client.set(client.clone());
-            self.negotiate_initialize(&client)
-        })
-        .await
+        self.local("initialize", &context, async |_ctx| set_up()).await
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // The direct path relays upstream messages outside calls through this peer.
         let session = context.extensions.get::<http::request::Parts>().and_then(|p| p.headers.get("mcp-session-id")).and_then(|v| v.to_str().ok());
         if let Some(id) = session {
-            self.gateway.client_peers.insert(id.to_owned(), context.peer.clone());
+            self.gateway.client_peers.insert(id, context.peer.clone());
+        }
+        // Once per session: a client's own `initialized` after rmcp replayed the handshake
+        // must not start a second relay.
+        if self.state.initialized.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
         }
         // Relay catalog changes to this client until the session ends.
         let mut changes = self.gateway.list_changed.subscribe();
@@ -882,7 +890,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "no peer yet: the waiter must still wait");
-        peers.insert("s1".into(), "peer-1");
+        peers.insert("s1", "peer-1");
         assert_eq!(waiter.await.unwrap(), Some("peer-1"));
         assert_eq!(peers.wait("s1").await, Some("peer-1"), "a registered peer is returned at once");
 
@@ -895,5 +903,8 @@ mod tests {
         peers.remove("s2");
         assert_eq!(waiter.await.unwrap(), None);
         assert_eq!(peers.wait("s2").await, None);
+        // A late registration does not revive an ended session.
+        peers.insert("s2", "late");
+        assert_eq!(peers.get("s2"), None);
     }
 }

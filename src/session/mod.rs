@@ -21,7 +21,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -106,9 +106,14 @@ impl SessionBindings {
         self.idle_timeout
     }
 
-    /// Removes a binding (session deleted).
-    pub fn unbind(&self, session_id: &str) {
-        self.lock().remove(session_id);
+    /// Removes a binding (session deleted); whether it was bound.
+    pub fn unbind(&self, session_id: &str) -> bool {
+        self.lock().remove(session_id).is_some()
+    }
+
+    /// Whether `session_id` is bound (to anyone).
+    pub fn is_bound(&self, session_id: &str) -> bool {
+        self.lock().contains_key(session_id)
     }
 
     /// Number of bound sessions.
@@ -126,13 +131,26 @@ impl SessionBindings {
     }
 }
 
-/// The `initialize` parameters of each live session, by session id: rmcp's `SessionStore`
-/// (rmcp 3.9 `streamable_http_server::session::store`), from which rmcp restores a session
-/// the gateway initialized (module docs). In memory; entries go when the session ends
-/// (DELETE, idle sweep).
+/// The `initialize` parameters of each live session the transport initialized, by session
+/// id: rmcp's `SessionStore` (rmcp 3.9 `streamable_http_server::session::store`), from which
+/// rmcp restores such a session at its first request rmcp must serve (module docs). In
+/// memory; entries go when the session ends (DELETE, idle sweep).
+///
+/// Only the transport records parameters ([`InitializeStates::insert`]); rmcp's own
+/// `store` calls (after an `initialize` rmcp answered, which may have been refused) are
+/// ignored: such a session lives in rmcp already, and a refused one must stay unknown.
 #[derive(Debug, Default)]
 pub struct InitializeStates {
-    entries: Mutex<HashMap<String, SessionState>>,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: SessionState,
+    /// Held across the first request rmcp serves for the session (its restore): rmcp's
+    /// session worker must see the replayed `initialize` before any other message, so
+    /// concurrent requests wait here until it has. `true` once restored.
+    restore: Arc<tokio::sync::Mutex<bool>>,
 }
 
 // === impl InitializeStates ===
@@ -140,12 +158,20 @@ pub struct InitializeStates {
 impl InitializeStates {
     /// Records the `initialize` parameters of session `session_id`.
     pub fn insert(&self, session_id: &str, params: InitializeRequestParams) {
-        self.lock().insert(session_id.to_owned(), SessionState::new(params));
+        let entry = Entry { state: SessionState::new(params), restore: Arc::default() };
+        self.lock().insert(session_id.to_owned(), entry);
     }
 
-    /// Whether session `session_id` has recorded parameters.
+    /// Whether session `session_id` was initialized by the transport (and is live).
     pub fn contains(&self, session_id: &str) -> bool {
         self.lock().contains_key(session_id)
+    }
+
+    /// The restore gate of session `session_id` (see [`InitializeStates`]), if the transport
+    /// initialized it: lock it around a request for rmcp while it reads `false`, and set it
+    /// once rmcp answered without a server error.
+    pub fn restore_gate(&self, session_id: &str) -> Option<Arc<tokio::sync::Mutex<bool>>> {
+        self.lock().get(session_id).map(|entry| entry.restore.clone())
     }
 
     /// Forgets session `session_id`.
@@ -153,7 +179,7 @@ impl InitializeStates {
         self.lock().remove(session_id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -161,11 +187,10 @@ impl InitializeStates {
 #[async_trait::async_trait]
 impl SessionStore for InitializeStates {
     async fn load(&self, session_id: &str) -> Result<Option<SessionState>, SessionStoreError> {
-        Ok(self.lock().get(session_id).cloned())
+        Ok(self.lock().get(session_id).map(|entry| entry.state.clone()))
     }
 
-    async fn store(&self, session_id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
-        self.lock().insert(session_id.to_owned(), state.clone());
+    async fn store(&self, _session_id: &str, _state: &SessionState) -> Result<(), SessionStoreError> {
         Ok(())
     }
 

@@ -108,46 +108,57 @@ impl AppState {
         let mcp = StreamableHttpService::new(move || Ok(SessionHandler::new(factory_gateway.clone())), sessions.clone(), config);
         let bindings = Arc::new(SessionBindings::new(settings.session_idle_timeout));
         let direct = Arc::new(DirectCalls::new(gateway.clone()));
-        tokio::spawn(sweep_idle_sessions(
-            bindings.clone(),
-            direct.clone(),
-            sessions.clone(),
-            initialize_states.clone(),
-            gateway.metrics.clone(),
-            cancel,
-        ));
-        Self { settings, gateway, resource_server, issuer, bindings, direct, sessions, initialize_states, mcp: Arc::new(mcp) }
+        let state = Self { settings, gateway, resource_server, issuer, bindings, direct, sessions, initialize_states, mcp: Arc::new(mcp) };
+        tokio::spawn(sweep_idle_sessions(state.clone(), cancel));
+        state
     }
 
     /// Session bindings (for metrics and tests).
     pub fn bindings(&self) -> &Arc<SessionBindings> {
         &self.bindings
     }
+
+    /// A new session `id`, initialized by `binding_key`'s principal with `initialize` params:
+    /// bound, counted, and given its direct-path state.
+    fn open_session(&self, id: &str, binding_key: String, initialize: Option<&Value>) {
+        self.bindings.bind(id, binding_key);
+        self.gateway.metrics.session_opened();
+        self.direct.open(id, initialize);
+    }
+
+    /// Ends session `id` everywhere but in rmcp (the caller closes rmcp's, or rmcp already
+    /// did): binding, gauge (once, however many paths end it), recorded `initialize`, direct
+    /// path and client peer.
+    fn end_session(&self, id: &str) {
+        if self.bindings.unbind(id) {
+            self.gateway.metrics.session_closed();
+        }
+        self.initialize_states.remove(id);
+        self.direct.close(id);
+    }
+
+    /// Closes rmcp's state of session `id`, if it has any.
+    async fn close_rmcp_session(&self, id: &str) {
+        if let Err(error) = self.sessions.close_session(&Arc::from(id)).await {
+            tracing::debug!(%error, "rmcp session already gone");
+        }
+    }
 }
 
 /// Ends sessions whose binding lapsed, every quarter of the idle timeout (1–30 s).
-async fn sweep_idle_sessions(
-    bindings: Arc<SessionBindings>,
-    direct: Arc<DirectCalls>,
-    sessions: Arc<LocalSessionManager>,
-    initialize_states: Arc<InitializeStates>,
-    metrics: crate::telemetry::Metrics,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let period = (bindings.idle_timeout() / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
+async fn sweep_idle_sessions(state: AppState, cancel: tokio_util::sync::CancellationToken) {
+    let period = (state.bindings.idle_timeout() / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
     let mut ticks = tokio::time::interval(period);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        for id in bindings.sweep() {
-            metrics.session_closed();
-            initialize_states.remove(&id);
-            direct.close(&id);
-            if let Err(error) = sessions.close_session(&Arc::from(id.as_str())).await {
-                tracing::debug!(%error, "idle session already gone");
-            }
+        for id in state.bindings.sweep() {
+            // `sweep` already dropped the binding; the gauge counts it here.
+            state.gateway.metrics.session_closed();
+            state.end_session(&id);
+            state.close_rmcp_session(&id).await;
         }
     }
 }
@@ -232,13 +243,12 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
             return initialize(&state, principal, &parts.headers, id, params, initialize_params).await;
         }
         // The client's `notifications/initialized` after such an `initialize`: rmcp replays
-        // the handshake itself when it builds the session.
+        // the handshake itself when it builds the session (before or after this arrives).
         if let Some(id) = &session_id
             && envelope.method.as_deref() == Some("notifications/initialized")
             && envelope.id.is_none()
             && plain_headers(&parts.headers)
             && state.initialize_states.contains(id)
-            && !state.sessions.has_session(&Arc::from(id.as_str())).await.unwrap_or(true)
         {
             return StatusCode::ACCEPTED.into_response();
         }
@@ -283,24 +293,39 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
     };
     let binding_key = principal.binding_key();
     parts.extensions.insert(principal);
-    let response = state.mcp.handle(Request::from_parts(parts, body)).await;
+    let request = Request::from_parts(parts, body);
+    // A session the transport initialized is restored by rmcp at its first request here; that
+    // request goes alone (`InitializeStates`), later ones straight through.
+    let gate = session_id.as_deref().and_then(|id| state.initialize_states.restore_gate(id));
+    let response = match gate {
+        Some(gate) => {
+            let mut restored = gate.lock().await;
+            if *restored {
+                drop(restored);
+                state.mcp.handle(request).await
+            } else {
+                let response = state.mcp.handle(request).await;
+                *restored = !response.status().is_server_error();
+                response
+            }
+        }
+        None => state.mcp.handle(request).await,
+    };
     let (parts, body) = response.into_parts();
     if is_initialize
         && session_id.is_none()
         && let Some(new_id) = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
     {
-        state.bindings.bind(new_id, binding_key);
-        state.gateway.metrics.session_opened();
-        state.direct.open(new_id, initialize_params.as_ref());
+        state.open_session(new_id, binding_key, initialize_params.as_ref());
     }
-    if method == Method::DELETE
-        && parts.status.is_success()
-        && let Some(id) = &session_id
-    {
-        state.bindings.unbind(id);
-        state.gateway.metrics.session_closed();
-        state.initialize_states.remove(id);
-        state.direct.close(id);
+    if let Some(id) = &session_id {
+        if method == Method::DELETE && parts.status.is_success() {
+            state.end_session(id);
+        } else if !state.bindings.is_bound(id) {
+            // Ended (DELETE, idle sweep) while this request was with rmcp, which may have
+            // restored it meanwhile: close that state too, so that nothing outlives the session.
+            state.close_rmcp_session(id).await;
+        }
     }
     Response::from_parts(parts, Body::new(body))
 }
@@ -342,13 +367,16 @@ fn direct_route(headers: &http::HeaderMap, envelope: Envelope) -> Direct {
     }
     match (envelope.method.as_deref(), envelope.id, envelope.params) {
         (Some("tools/call"), Some(id), Some(Value::Object(params))) if !params.contains_key("task") => Direct::Call { id, params },
-        (Some(method @ ("tools/list" | "ping")), Some(id), params) if params.as_ref().is_none_or(Value::is_object) => {
+        (Some(method @ ("tools/list" | "ping")), Some(id), params) if local_answer_allowed(headers, params.as_ref()) => {
             let Ok(id) = serde_json::from_value(id) else { return Direct::Rmcp };
             if method == "ping" {
                 return Direct::Ping(id);
             }
-            let meta = params.as_ref().and_then(|p| p.get("_meta")).and_then(|m| serde_json::from_value(m.clone()).ok()).unwrap_or_default();
-            Direct::ListTools { id, meta }
+            // Parameters that do not parse get rmcp's answer (-32602), not a list.
+            match serde_json::from_value::<Option<rmcp::model::PaginatedRequestParams>>(params.unwrap_or(Value::Null)) {
+                Ok(params) => Direct::ListTools { id, meta: params.and_then(|p| p.meta).unwrap_or_default() },
+                Err(_) => Direct::Rmcp,
+            }
         }
         (Some("logging/setLevel"), Some(_), Some(params)) => Direct::SetLevel(params),
         (Some("notifications/cancelled"), None, Some(params)) => match params.get("requestId") {
@@ -382,6 +410,19 @@ fn plain_headers(headers: &http::HeaderMap) -> bool {
         && headers.get("mcp-protocol-version").is_none_or(|v| {
             rmcp::model::ProtocolVersion::KNOWN_VERSIONS.iter().any(|known| known.as_str().as_bytes() == v.as_bytes())
         })
+}
+
+/// Whether a `ping` or `tools/list` may be answered by the transport: the session's own
+/// revision (no `MCP-Protocol-Version`, or a stateful one), and no per-request protocol keys
+/// in `_meta` (SEP-2575: rmcp validates those, or serves the request statelessly).
+fn local_answer_allowed(headers: &http::HeaderMap, params: Option<&Value>) -> bool {
+    let version_ok = headers.get("mcp-protocol-version").is_none_or(|v| GATEWAY_INITIALIZE_VERSIONS.iter().any(|known| known.as_bytes() == v.as_bytes()));
+    let meta_ok = match params.and_then(|p| p.get("_meta")) {
+        None => true,
+        Some(Value::Object(meta)) => !meta.keys().any(|key| key.starts_with("io.modelcontextprotocol/")),
+        Some(_) => false,
+    };
+    version_ok && meta_ok && params.is_none_or(Value::is_object)
 }
 
 /// Protocol revisions whose `initialize` the transport answers itself (the stateful ones;
@@ -424,9 +465,7 @@ async fn initialize(
     }
     let session = uuid::Uuid::new_v4().to_string();
     state.initialize_states.insert(&session, params);
-    state.bindings.bind(&session, binding_key);
-    state.gateway.metrics.session_opened();
-    state.direct.open(&session, raw_params.as_ref());
+    state.open_session(&session, binding_key, raw_params.as_ref());
     if let Ok(value) = HeaderValue::from_str(&session) {
         response.headers_mut().insert(SESSION_HEADER, value);
     }

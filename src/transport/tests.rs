@@ -277,6 +277,11 @@ async fn rmcp_session_state_is_built_at_first_need() {
     assert!(h.state.sessions.has_session(&id).await.unwrap());
     let (status, _, _) = h.post(Some(&alice), Some(&session), prompts.clone(), &[]).await;
     assert_eq!(status, StatusCode::OK);
+    // A client's `initialized` after rmcp replayed the handshake is acknowledged here, not
+    // handed to rmcp a second time.
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
+    let (status, _, _) = h.post(Some(&alice), Some(&session), initialized, &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     // Another principal still cannot use it.
     let mallory = h.token("mallory", &["mcp:tools"]);
     let (status, _, _) = h.post(Some(&mallory), Some(&session), prompts, &[]).await;
@@ -308,4 +313,28 @@ async fn rmcp_session_state_is_built_at_first_need() {
     // A version header contradicting the body is rmcp's to refuse.
     let (status, _, body) = h.post(Some(&alice), None, initialize(), &[("mcp-protocol-version", "2025-06-18")]).await;
     assert!(body.contains("does not match"), "{status} {body}");
+}
+
+/// `ping` and `tools/list` are answered by the transport only in the session's own plain
+/// form; per-request protocol keys, a 2026-07-28 header or parameters that do not parse go to
+/// rmcp, which validates them.
+#[test]
+fn local_answers_only_for_the_plain_form() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    let route = |headers: &http::HeaderMap, body: Value| direct_route(headers, serde_json::from_value(body).unwrap());
+    assert!(matches!(route(&headers, json!({"jsonrpc":"2.0","id":1,"method":"tools/list"})), Direct::ListTools { .. }));
+    assert!(matches!(route(&headers, json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"c"}})), Direct::ListTools { .. }));
+    assert!(matches!(route(&headers, json!({"jsonrpc":"2.0","id":1,"method":"ping"})), Direct::Ping(_)));
+    assert!(matches!(route(&headers, json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":5}})), Direct::Rmcp));
+    assert!(matches!(route(&headers, json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":[]})), Direct::Rmcp));
+    let versioned = json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}});
+    assert!(matches!(route(&headers, versioned), Direct::Rmcp));
+    let mut newer = headers.clone();
+    newer.insert("mcp-protocol-version", HeaderValue::from_static("2026-07-28"));
+    assert!(matches!(route(&newer, json!({"jsonrpc":"2.0","id":1,"method":"ping"})), Direct::Rmcp));
+    let mut older = headers.clone();
+    older.insert("mcp-protocol-version", HeaderValue::from_static("2025-06-18"));
+    assert!(matches!(route(&older, json!({"jsonrpc":"2.0","id":1,"method":"ping"})), Direct::Ping(_)));
 }
