@@ -389,9 +389,11 @@ impl From<Error> for AppendError {
     }
 }
 
-/// `BEGIN` and the append lock in one round trip (a simple query of two statements; the head
-/// is read by a later statement, whose snapshot is taken after the lock is held).
-static PG_BEGIN_LOCKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("BEGIN; SELECT pg_advisory_xact_lock({PG_APPEND_LOCK})"));
+/// `BEGIN` and the append lock in one round trip (a simple query of two statements). READ
+/// COMMITTED whatever the server's default: each later statement (the head read) takes its
+/// snapshot after the lock is held, where REPEATABLE READ would keep the one taken before.
+static PG_BEGIN_LOCKED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({PG_APPEND_LOCK})"));
 
 /// Seals `rows` in order onto the chain head `(seq, row_hash)`: returns each row's `seq` and
 /// the new head.

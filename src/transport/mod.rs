@@ -19,8 +19,9 @@
 //! A plain `initialize` (the plain headers below, a stateful protocol revision) is answered
 //! by the transport: audited like any request, a session id minted and bound, its parameters
 //! kept so that rmcp builds its own session state only at the session's first request rmcp
-//! must serve ([`crate::session`] module docs); the client's `notifications/initialized`
-//! is acknowledged (202) until then.
+//! must serve ([`crate::session`] module docs). The client's `notifications/initialized` for
+//! such a session is acknowledged (202) here, whether or not rmcp has built it yet (rmcp gets
+//! the handshake replayed); `ping` and `tools/list` are answered here too.
 //!
 //! A `tools/call` in an established session then takes the direct path
 //! ([`crate::router::DirectCalls`]): the router's steps run on the raw JSON-RPC envelope
