@@ -644,5 +644,16 @@ async fn idle_sessions_expire() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(client.post(&echo).await.status(), 404);
     assert_eq!(client.post(&json!({"jsonrpc":"2.0","id":2,"method":"tools/list"})).await.status(), 404);
+    // The sweeper ends the session once, and the gauge says so (within a sweep period).
+    let mut open = String::new();
+    for _ in 0..30 {
+        let metrics = reqwest::get(format!("http://{}/metrics", gateway.addr)).await.unwrap().text().await.unwrap();
+        open = metrics.lines().find(|l| l.starts_with("portcullis_sessions_open ")).unwrap_or_default().to_owned();
+        if open == "portcullis_sessions_open 0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open, "portcullis_sessions_open 0");
     gateway.stop().await;
 }

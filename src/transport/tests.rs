@@ -250,6 +250,8 @@ async fn rmcp_session_state_is_built_at_first_need() {
     let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
     let id: rmcp::transport::streamable_http_server::SessionId = Arc::from(session.as_str());
     assert!(!h.state.sessions.has_session(&id).await.unwrap(), "no rmcp state at initialize");
+    let gauge = |h: &Harness| h.state.gateway.metrics.render().lines().find(|l| l.starts_with("portcullis_sessions_open ")).map(str::to_owned);
+    assert_eq!(gauge(&h).as_deref(), Some("portcullis_sessions_open 1"), "the session counts from initialize");
 
     let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
     let (status, _, _) = h.post(Some(&alice), Some(&session), initialized, &[]).await;
@@ -307,12 +309,14 @@ async fn rmcp_session_state_is_built_at_first_need() {
     assert!(response.status().is_success(), "{}", response.status());
     assert!(!h.state.sessions.has_session(&id).await.unwrap());
     assert!(!h.state.initialize_states.contains(&session));
+    assert_eq!(gauge(&h).as_deref(), Some("portcullis_sessions_open 0"));
     let (status, _, _) = h.post(Some(&alice), Some(&session), ping, &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // A version header contradicting the body is rmcp's to refuse.
     let (status, _, body) = h.post(Some(&alice), None, initialize(), &[("mcp-protocol-version", "2025-06-18")]).await;
     assert!(body.contains("does not match"), "{status} {body}");
+    assert_eq!(gauge(&h).as_deref(), Some("portcullis_sessions_open 0"), "a refused initialize opens no session");
 }
 
 /// `ping` and `tools/list` are answered by the transport only in the session's own plain
