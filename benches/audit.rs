@@ -1,9 +1,10 @@
 //! Audit throughput: `cargo bench --bench audit` prints rows/s committed (intent + outcome per
 //! request; each writer awaits its intent, the outcome is written in the background as in the
 //! gateway, and every row is durable before the clock stops) with 1, 16 and 64 concurrent
-//! writers, on SQLite (a file in a temporary directory, WAL, `synchronous=FULL`) and on
-//! PostgreSQL when `PORTCULLIS_TEST_POSTGRES_URL` is set (scripts/start-services.sh starts one
-//! with `fsync=off`, so those numbers measure the gateway side, not disk flushes).
+//! writers, with the CPU time per row of the whole bench process, on SQLite (a file in a
+//! temporary directory, WAL, `synchronous=FULL`) and on PostgreSQL when
+//! `PORTCULLIS_TEST_POSTGRES_URL` is set (scripts/start-services.sh starts one with `fsync=off`,
+//! so those numbers measure the gateway side, not disk flushes).
 //! Under `cargo test` (no `--bench` argument) it runs one short SQLite pass as a smoke test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -19,11 +20,25 @@ use portcullis::{
 };
 use sqlx::{Connection as _, Executor as _};
 
-async fn run(url: &str, writers: usize, duration: Duration, issuer: Arc<EmbeddedIssuer>) -> (f64, usize) {
+/// CPU time this process has used (user + system), in seconds, from `/proc/self/stat`
+/// (clock ticks of 10 ms); `0.0` where that file cannot be read.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    ticks as f64 / 100.0
+}
+
+/// Rows per second committed and rows written, and CPU microseconds per row.
+async fn run(url: &str, writers: usize, duration: Duration, issuer: Arc<EmbeddedIssuer>) -> (f64, usize, f64) {
     let config = AuditConfig { url: Some(url.to_owned()), failure_mode: FailureMode::FailClosed, ..AuditConfig::default() };
     let settings = AuditSettings::from_config(&config, std::path::Path::new("unused")).unwrap();
     let log = Arc::new(AuditLog::open(&settings, issuer).await.unwrap());
     let start = Instant::now();
+    let cpu_start = process_cpu_seconds();
     let mut tasks = Vec::new();
     for w in 0..writers {
         let log = log.clone();
@@ -68,8 +83,9 @@ async fn run(url: &str, writers: usize, duration: Duration, issuer: Arc<Embedded
         rows += task.await.unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_us_per_row = (process_cpu_seconds() - cpu_start) * 1e6 / rows.max(1) as f64;
     Arc::into_inner(log).unwrap().close(Duration::from_secs(10)).await;
-    (rows as f64 / elapsed, rows)
+    (rows as f64 / elapsed, rows, cpu_us_per_row)
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -80,12 +96,12 @@ async fn main() {
     let key = SigningKey::load_or_generate(keys.path()).unwrap();
     let issuer = Arc::new(EmbeddedIssuer::new(key, "http://gw".into(), "http://gw/mcp".into(), Duration::from_secs(3600)));
     let writer_counts: &[usize] = if bench { &[1, 16, 64] } else { &[4] };
-    println!("backend     writers  rows/s committed  (rows in {:.1} s)", duration.as_secs_f64());
+    println!("backend     writers  rows/s committed  CPU µs/row  (rows in {:.1} s)", duration.as_secs_f64());
     for &writers in writer_counts {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-        let (rate, rows) = run(&url, writers, duration, issuer.clone()).await;
-        println!("sqlite      {writers:>7}  {rate:>16.0}  ({rows})");
+        let (rate, rows, cpu) = run(&url, writers, duration, issuer.clone()).await;
+        println!("sqlite      {writers:>7}  {rate:>16.0}  {cpu:>10.1}  ({rows})");
     }
     if !bench {
         return;
@@ -99,8 +115,8 @@ async fn main() {
         let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
         admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
         let (prefix, _) = base.rsplit_once('/').unwrap();
-        let (rate, rows) = run(&format!("{prefix}/{name}"), writers, duration, issuer.clone()).await;
-        println!("postgres    {writers:>7}  {rate:>16.0}  ({rows})");
+        let (rate, rows, cpu) = run(&format!("{prefix}/{name}"), writers, duration, issuer.clone()).await;
+        println!("postgres    {writers:>7}  {rate:>16.0}  {cpu:>10.1}  ({rows})");
         let _ = admin.execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str()).await;
     }
 }

@@ -317,6 +317,88 @@ async fn concurrent_writers_abandoned_and_export(db: Db, logs: usize) {
     assert!(!text.contains("sk-live-123") && !text.contains("session-1"), "secret or raw session id exported");
 }
 
+/// Values that stress the insert's encoding (quotes, backslashes, control characters, line and
+/// paragraph separators, characters outside the BMP, long text, `i64` extremes, NULLs), written
+/// by 600 concurrent callers so that batches take many sizes (on SQLite, every statement shape;
+/// a flush over 256 rows takes several INSERTs): every row reads back as written and the chain
+/// verifies.
+async fn awkward_values_round_trip(db: Db) {
+    const AWKWARD: &[&str] = &[
+        "quote \" and 'apostrophe'",
+        "back\\slash \\u0041 not an escape",
+        "line\nfeed\r\ttab \u{1} \u{1f}",
+        "separators \u{2028}\u{2029}",
+        "astral 🦀𝄞 and é composed e\u{301}",
+        "",
+        "{\"looks\": [\"like\", \"json\"]}",
+    ];
+    let keys = tempfile::tempdir().unwrap();
+    let log = Arc::new(AuditLog::open(&settings(&db, FailureMode::FailClosed), issuer(&keys)).await.unwrap());
+    let long = "x".repeat(10_000);
+    let mut tasks = Vec::new();
+    for i in 0..600usize {
+        let log = log.clone();
+        let target = if i % 50 == 0 { long.clone() } else { AWKWARD[i % AWKWARD.len()].to_owned() };
+        tasks.push(tokio::spawn(async move {
+            let record = IntentRecord {
+                jsonrpc_id: awkward_jsonrpc_id(i),
+                client_id: None,
+                target: Some(target.clone()),
+                subject: Some(format!("{target}#{i}")),
+                ..intent(i)
+            };
+            let handle = log.intent(record).await.unwrap();
+            handle
+                .outcome(OutcomeRecord {
+                    status: OutcomeStatus::Error,
+                    error_code: Some(i64::MIN),
+                    error_message: None,
+                    findings: None,
+                    latency: Some(Duration::from_micros(u32::MAX as u64)),
+                })
+                .await
+                .unwrap();
+            (i, target)
+        }));
+    }
+    let mut written = std::collections::HashMap::new();
+    for task in tasks {
+        let (i, target) = task.await.unwrap();
+        written.insert(format!("req-{i}"), target);
+    }
+    Arc::into_inner(log).unwrap().close(Duration::from_secs(5)).await;
+    match verify(&db, &keys).await {
+        VerifyOutcome::Intact(report) => assert_eq!(report.rows, 1200),
+        VerifyOutcome::Broken(broken) => panic!("{broken}"),
+    }
+    let mut out = Vec::new();
+    portcullis::audit::export(&settings(&db, FailureMode::FailClosed), 0, &mut out).await.unwrap();
+    let rows: Vec<serde_json::Value> = String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 1200);
+    for row in rows.iter().filter(|r| r["kind"] == "intent") {
+        let request = row["request_id"].as_str().unwrap();
+        let target = &written[request];
+        assert_eq!(row["target"].as_str(), Some(target.as_str()), "{request}");
+        let i: usize = request.trim_start_matches("req-").parse().unwrap();
+        assert_eq!(row["subject"].as_str(), Some(format!("{target}#{i}").as_str()), "{request}");
+        assert!(row["client_id"].is_null(), "{request}: {row}");
+        assert_eq!(row["jsonrpc_id"].as_str(), awkward_jsonrpc_id(i).as_deref(), "{request}");
+    }
+    for row in rows.iter().filter(|r| r["kind"] == "outcome") {
+        assert_eq!(row["error_code"].as_i64(), Some(i64::MIN), "{row}");
+        assert_eq!(row["latency_us"].as_i64(), Some(u32::MAX as i64), "{row}");
+    }
+}
+
+/// The JSON-RPC id of request `i` in [`awkward_values_round_trip`]: none, or an `i64` extreme.
+fn awkward_jsonrpc_id(i: usize) -> Option<String> {
+    match i % 3 {
+        0 => None,
+        1 => Some(i64::MAX.to_string()),
+        _ => Some(i64::MIN.to_string()),
+    }
+}
+
 /// Two writers on one database, alternating: each writer's remembered chain head is stale at
 /// every append after its first, so each append must notice and chain onto the real head.
 async fn stale_head_is_noticed(db: Db) {
@@ -378,6 +460,7 @@ both! {
     concurrent_one_log => |db| concurrent_writers_abandoned_and_export(db, 1);
     concurrent_two_replicas => |db| concurrent_writers_abandoned_and_export(db, 2);
     stale_head => stale_head_is_noticed;
+    awkward_values => awkward_values_round_trip;
 }
 
 /// The gateway's PostgreSQL role needs only SELECT and INSERT: with migrations applied by the

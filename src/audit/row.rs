@@ -146,19 +146,44 @@ impl Row {
     /// `SHA-256(prev_hash || canonical content)` as hex, or `None` when `prev_hash` is not
     /// 64 hex digits.
     pub(crate) fn compute_hash(&self) -> Option<String> {
-        let prev = decode_hex(&self.prev_hash)?;
-        let mut hasher = Sha256::new();
-        hasher.update(prev);
-        hasher.update(self.canonical_content());
-        Some(hex::encode(hasher.finalize()))
+        hash_content(&self.prev_hash, &self.canonical_content())
     }
 
     /// Sets `seq` and `prev_hash`, then `row_hash`.
+    #[cfg(test)]
     pub(crate) fn seal(&mut self, seq: i64, prev_hash: &str) {
+        self.seal_into(seq, prev_hash, &mut Vec::new());
+    }
+
+    /// As [`Row::seal`], and appends the sealed row to `json` as one JSON object of every
+    /// column, named as in [`COLUMNS`] (the canonical content with `prev_hash` and `row_hash`
+    /// added): the form the store inserts in bulk. The content is serialized once for both.
+    pub(crate) fn seal_into(&mut self, seq: i64, prev_hash: &str, json: &mut Vec<u8>) {
         self.seq = seq;
         self.prev_hash = prev_hash.to_owned();
-        self.row_hash = self.compute_hash().unwrap_or_default();
+        let content = self.canonical_content();
+        self.row_hash = hash_content(&self.prev_hash, &content).unwrap_or_default();
+        // `content` is a JSON object: drop its closing brace and add the two hashes (hex
+        // digits only, so nothing to escape).
+        json.extend_from_slice(content.strip_suffix(b"}").unwrap_or(&content));
+        for (name, value) in [("prev_hash", &self.prev_hash), ("row_hash", &self.row_hash)] {
+            json.extend_from_slice(b",\"");
+            json.extend_from_slice(name.as_bytes());
+            json.extend_from_slice(b"\":\"");
+            json.extend_from_slice(value.as_bytes());
+            json.push(b'"');
+        }
+        json.push(b'}');
     }
+}
+
+/// `SHA-256(prev_hash || content)` as hex, or `None` when `prev_hash` is not 64 hex digits.
+fn hash_content(prev_hash: &str, content: &[u8]) -> Option<String> {
+    let prev = decode_hex(prev_hash)?;
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(content);
+    Some(hex::encode(hasher.finalize()))
 }
 
 /// SHA-256 of `bytes` as hex.
