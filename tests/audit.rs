@@ -318,7 +318,8 @@ async fn concurrent_writers_abandoned_and_export(db: Db, logs: usize) {
 }
 
 /// Values that stress the insert's encoding (quotes, backslashes, control characters, line and
-/// paragraph separators, characters outside the BMP, long text, `i64` extremes, NULLs), written
+/// paragraph separators, characters outside the BMP, NUL (stored as U+FFFD on both stores:
+/// PostgreSQL `TEXT` cannot hold it), long text, `i64` extremes, NULLs), written
 /// by 600 concurrent callers so that batches take many sizes (on SQLite, every statement shape;
 /// a flush over 256 rows takes several INSERTs): every row reads back as written and the chain
 /// verifies.
@@ -331,6 +332,7 @@ async fn awkward_values_round_trip(db: Db) {
         "astral 🦀𝄞 and é composed e\u{301}",
         "",
         "{\"looks\": [\"like\", \"json\"]}",
+        "nul \u{0} inside",
     ];
     let keys = tempfile::tempdir().unwrap();
     let log = Arc::new(AuditLog::open(&settings(&db, FailureMode::FailClosed), issuer(&keys)).await.unwrap());
@@ -377,7 +379,7 @@ async fn awkward_values_round_trip(db: Db) {
     assert_eq!(rows.len(), 1200);
     for row in rows.iter().filter(|r| r["kind"] == "intent") {
         let request = row["request_id"].as_str().unwrap();
-        let target = &written[request];
+        let target = &written[request].replace('\0', "\u{FFFD}");
         assert_eq!(row["target"].as_str(), Some(target.as_str()), "{request}");
         let i: usize = request.trim_start_matches("req-").parse().unwrap();
         assert_eq!(row["subject"].as_str(), Some(format!("{target}#{i}").as_str()), "{request}");
