@@ -628,6 +628,29 @@ async fn direct_call_path_answers_streams_and_cancels() {
     gateway.stop().await;
 }
 
+/// An upstream may close a call's event stream before it answers and expect the client to
+/// resume it with `Last-Event-ID` (MCP 2025-11-25 basic/transports, resumability): the
+/// fixture's `test_reconnection` does so with a 0.5 s `retry:` hint, then waits up to 10 s
+/// for the resumption before answering on the resumed stream. The direct path resumes and
+/// relays that answer; before, the call failed with -32050 at once.
+#[tokio::test]
+async fn direct_call_resumes_a_call_stream_the_upstream_closed() {
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let token = gateway.token("alice", ALL_SCOPES);
+    let client = RawClient::open(&gateway.url, &token).await;
+    let started = Instant::now();
+    let call = json!({"jsonrpc":"2.0","id":"r1","method":"tools/call","params":{"name":"fx__test_reconnection","arguments":{}}});
+    let response = client.post(&call).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let body: Value = if text.trim_start().starts_with('{') { serde_json::from_str(&text).unwrap() } else { sse_messages(&text).pop().unwrap() };
+    assert_eq!(body["id"], "r1", "{body}");
+    assert_eq!(body["result"]["content"][0]["text"], "Reconnection test completed successfully", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(8), "answered only after the fixture gave up waiting: {:?}", started.elapsed());
+    gateway.stop().await;
+}
+
 /// Idle sessions are ended by the transport's sweeper: after `session_idle_timeout`
 /// without a request the session id answers 404, on the direct path and through rmcp.
 #[tokio::test]

@@ -289,7 +289,7 @@ impl DirectSession {
 }
 
 /// Sends `logging/setLevel` upstream; a refusal only means the upstream does not log.
-async fn set_level(connection: &RawSession, params: &Value) {
+async fn set_level(connection: &Arc<RawSession>, params: &Value) {
     let request = json!({"jsonrpc": "2.0", "id": connection.next_id(), "method": "logging/setLevel", "params": params});
     if let Err(error) = connection.post(Bytes::from(request.to_string()), None, &[]).await {
         tracing::debug!(upstream = %connection.upstream(), %error, "upstream refused logging/setLevel");

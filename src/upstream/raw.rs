@@ -18,7 +18,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -30,6 +30,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use rmcp::model::ClientConfig;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sse_stream::Sse;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
@@ -45,6 +46,14 @@ pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Protocol revision the gateway asks upstreams for (the newest one with sessions).
 const PROTOCOL_VERSION: &str = "2025-11-25";
 
+/// Reconnections of one SSE stream in a row without a new event id before it is given up.
+const MAX_RESUMES: u32 = 3;
+/// Bounds on the wait before a reconnection, whatever the upstream's `retry:` hint says.
+const RESUME_WAIT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// Wait before a reconnection when the upstream sent no `retry:` hint.
+const RESUME_WAIT_DEFAULT: Duration = Duration::from_secs(1);
+
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
 const VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
 const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
@@ -152,17 +161,18 @@ impl RawSession {
 
     /// Opens the session's standalone SSE stream (HTTP GET; MCP basic/transports "Listening
     /// for Messages from the Server"): the `data` of each event the upstream sends outside
-    /// any request. `None` when the upstream offers no such stream (HTTP 405).
+    /// any request. `None` when the upstream offers no such stream (HTTP 405). If the upstream
+    /// closes the stream after an event with an id, it is resumed (see [`RawSession::post`]).
     ///
     /// # Errors
     /// [`PostError`] as for [`RawSession::post`].
-    pub async fn listen(&self) -> Result<Option<BoxStream<'static, Result<Bytes, PostError>>>, PostError> {
+    pub async fn listen(self: &Arc<Self>) -> Result<Option<BoxStream<'static, Result<Bytes, PostError>>>, PostError> {
         let request = self.request(Method::GET, None, &[]).await?.header(header::ACCEPT, "text/event-stream");
         let response = request.send().await.map_err(|e| PostError::Failed(describe(&e)))?;
         match response.status() {
             StatusCode::METHOD_NOT_ALLOWED => Ok(None),
             StatusCode::NOT_FOUND => Err(PostError::SessionExpired),
-            _ => match reply(response).await? {
+            _ => match reply(response, Some(Resume::new(self, None))).await? {
                 Reply::Events(events) => Ok(Some(events)),
                 Reply::Json(_) | Reply::Accepted => Ok(None),
             },
@@ -182,7 +192,7 @@ impl RawSession {
         if let Some(id) = response.headers().get(SESSION_HEADER) {
             self.session_id = Some(id.clone());
         }
-        let message = match reply(response).await? {
+        let message = match reply(response, None).await? {
             Reply::Json(bytes) => bytes,
             Reply::Events(mut events) => loop {
                 match events.next().await {
@@ -201,7 +211,7 @@ impl RawSession {
         let version = probe.result.ok_or_else(|| PostError::Failed("initialize: no result".into()))?.protocol_version;
         self.protocol_version = HeaderValue::from_str(&version).map_err(|_| PostError::Failed("initialize: bad protocolVersion".into()))?;
         let initialized = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        match reply(self.send(initialized, None, &[]).await?).await? {
+        match reply(self.send(initialized, None, &[]).await?, None).await? {
             Reply::Accepted | Reply::Json(_) | Reply::Events(_) => Ok(()),
         }
     }
@@ -210,12 +220,35 @@ impl RawSession {
     /// narrows the identity assertion to the call's scopes and target; `extra` adds
     /// per-request headers (W3C `traceparent`/`tracestate`).
     ///
+    /// An SSE reply is resumable (MCP 2025-11-25 basic/transports "Resumability and
+    /// Redelivery"): when the upstream closes it before it is read to the end the caller
+    /// wants (a server may close a call's stream and let the client poll), and an event
+    /// carried an id, the stream is reopened with HTTP GET and `Last-Event-ID` after the
+    /// upstream's `retry:` hint (clamped to 0.1–5 s), at most [`MAX_RESUMES`] times in a row
+    /// without progress, and the events go on as one stream.
+    ///
     /// # Errors
     /// [`PostError::SessionExpired`] on HTTP 404; [`PostError::Failed`] when the request
     /// cannot be sent, a credential cannot be obtained, or the upstream answers with an
     /// error status or an unexpected content type.
-    pub async fn post(&self, body: Bytes, call: Option<&CallContext>, extra: &[(HeaderName, HeaderValue)]) -> Result<Reply, PostError> {
-        reply(self.send(body, call, extra).await?).await
+    pub async fn post(self: &Arc<Self>, body: Bytes, call: Option<&CallContext>, extra: &[(HeaderName, HeaderValue)]) -> Result<Reply, PostError> {
+        reply(self.send(body, call, extra).await?, Some(Resume::new(self, call))).await
+    }
+
+    /// Reopens an SSE stream after the event `last_event_id` (HTTP GET with `Last-Event-ID`).
+    async fn resume(&self, last_event_id: &str, call: Option<&CallContext>) -> Result<BoxStream<'static, Result<Sse, PostError>>, PostError> {
+        let id = HeaderValue::from_str(last_event_id).map_err(|_| PostError::Failed("unusable event id".into()))?;
+        let request = self.request(Method::GET, call, &[]).await?.header(header::ACCEPT, "text/event-stream").header(LAST_EVENT_ID, id);
+        let response = request.send().await.map_err(|e| PostError::Failed(describe(&e)))?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(PostError::SessionExpired);
+        }
+        let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !status.is_success() || !content_type.to_ascii_lowercase().starts_with("text/event-stream") {
+            return Err(PostError::Failed(format!("stream could not be resumed: HTTP {status}")));
+        }
+        Ok(sse(response))
     }
 
     async fn send(&self, body: Bytes, call: Option<&CallContext>, extra: &[(HeaderName, HeaderValue)]) -> Result<reqwest::Response, PostError> {
@@ -277,8 +310,9 @@ fn is_response(data: &[u8]) -> bool {
     serde_json::from_slice::<Shape<'_>>(data).is_ok_and(|s| s.method.is_none() && (s.result.is_some() || s.error.is_some()))
 }
 
-/// Classifies a response by status and content type; a JSON body is read whole (capped).
-async fn reply(response: reqwest::Response) -> Result<Reply, PostError> {
+/// Classifies a response by status and content type; a JSON body is read whole (capped); an
+/// event stream is resumable when `resume` is given.
+async fn reply(response: reqwest::Response, resume: Option<Resume>) -> Result<Reply, PostError> {
     let status = response.status();
     if status == StatusCode::ACCEPTED {
         return Ok(Reply::Accepted);
@@ -299,7 +333,10 @@ async fn reply(response: reqwest::Response) -> Result<Reply, PostError> {
         return Ok(Reply::Json(Bytes::from(out)));
     }
     if content_type.starts_with("text/event-stream") {
-        return Ok(Reply::Events(events(response)));
+        return Ok(Reply::Events(match resume {
+            Some(resume) => resume.events(sse(response)),
+            None => data(sse(response)),
+        }));
     }
     Err(PostError::Failed(format!("unexpected content type {content_type:?}")))
 }
@@ -320,21 +357,93 @@ fn capped(response: reqwest::Response) -> BoxStream<'static, Result<Bytes, PostE
         .boxed()
 }
 
-/// The `data` of each event of an SSE response (HTML Living Standard §9.2), empty ones
-/// (priming events, keep-alives) skipped.
-fn events(response: reqwest::Response) -> BoxStream<'static, Result<Bytes, PostError>> {
+/// The events of an SSE response (HTML Living Standard §9.2).
+fn sse(response: reqwest::Response) -> BoxStream<'static, Result<Sse, PostError>> {
     #[derive(Debug, thiserror::Error)]
     #[error("{0}")]
     struct Chunk(String);
     let body = capped(response).map(|r| r.map_err(|e| Chunk(e.to_string())));
-    sse_stream::SseStream::from_bytes_stream(body)
-        .filter_map(|event| async move {
-            match event {
-                Ok(event) => event.data.filter(|d| !d.is_empty()).map(|d| Ok(Bytes::from(d))),
-                Err(error) => Some(Err(PostError::Failed(format!("event stream: {error}")))),
+    sse_stream::SseStream::from_bytes_stream(body).map(|event| event.map_err(|error| PostError::Failed(format!("event stream: {error}")))).boxed()
+}
+
+/// The `data` of each event, empty ones (priming events, keep-alives) skipped.
+fn data(events: BoxStream<'static, Result<Sse, PostError>>) -> BoxStream<'static, Result<Bytes, PostError>> {
+    events.filter_map(|event| async move { event.map(|e| e.data.filter(|d| !d.is_empty()).map(Bytes::from)).transpose() }).boxed()
+}
+
+/// What it takes to reopen an SSE stream of a session: the session (weakly: a stream does not
+/// keep a closed session alive) and the call whose identity assertion the reopening carries.
+struct Resume {
+    session: Weak<RawSession>,
+    call: Option<CallContext>,
+}
+
+/// The state of a resumable stream while it is read.
+struct Resuming {
+    resume: Resume,
+    events: BoxStream<'static, Result<Sse, PostError>>,
+    last_event_id: Option<String>,
+    retry: Option<Duration>,
+    resumes: u32,
+    done: bool,
+}
+
+// === impl Resume ===
+
+impl Resume {
+    fn new(session: &Arc<RawSession>, call: Option<&CallContext>) -> Self {
+        Self { session: Arc::downgrade(session), call: call.cloned() }
+    }
+
+    /// The `data` of each event of `events` and of the streams that resume it.
+    fn events(self, events: BoxStream<'static, Result<Sse, PostError>>) -> BoxStream<'static, Result<Bytes, PostError>> {
+        let state = Resuming { resume: self, events, last_event_id: None, retry: None, resumes: 0, done: false };
+        futures::stream::unfold(state, |mut state| async move {
+            if state.done {
+                return None;
+            }
+            loop {
+                let ended = match state.events.next().await {
+                    Some(Ok(event)) => {
+                        if let Some(id) = event.id.filter(|id| !id.is_empty()) {
+                            state.last_event_id = Some(id);
+                            state.resumes = 0;
+                        }
+                        if let Some(retry) = event.retry {
+                            state.retry = Some(Duration::from_millis(retry));
+                        }
+                        match event.data.filter(|d| !d.is_empty()) {
+                            Some(data) => return Some((Ok(Bytes::from(data)), state)),
+                            None => continue,
+                        }
+                    }
+                    Some(Err(error)) => Some(error),
+                    None => None,
+                };
+                // The stream ended (or broke) while the reader still wants events.
+                let resumable = state.last_event_id.clone().zip(state.resume.session.upgrade()).filter(|_| state.resumes < MAX_RESUMES);
+                let Some((last_event_id, session)) = resumable else {
+                    state.done = true;
+                    return ended.map(|error| (Err(error), state));
+                };
+                state.resumes += 1;
+                let wait = state.retry.unwrap_or(RESUME_WAIT_DEFAULT).clamp(RESUME_WAIT.0, RESUME_WAIT.1);
+                tracing::debug!(upstream = %session.upstream, wait_ms = wait.as_millis() as u64, "upstream closed an event stream; resuming it");
+                tokio::select! {
+                    () = session.stop.cancelled() => return None,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                match session.resume(&last_event_id, state.resume.call.as_ref()).await {
+                    Ok(events) => state.events = events,
+                    Err(error) => {
+                        state.done = true;
+                        return Some((Err(error), state));
+                    }
+                }
             }
         })
         .boxed()
+    }
 }
 
 /// A transport error without its URL's query (which could carry a secret).
