@@ -224,7 +224,7 @@ impl RawSession {
     /// Redelivery"): when the upstream closes it before it is read to the end the caller
     /// wants (a server may close a call's stream and let the client poll), and an event
     /// carried an id, the stream is reopened with HTTP GET and `Last-Event-ID` after the
-    /// upstream's `retry:` hint (clamped to 0.1–5 s), at most [`MAX_RESUMES`] times in a row
+    /// upstream's `retry:` hint (clamped to 0.1–5 s), at most three times in a row
     /// without progress, and the events go on as one stream.
     ///
     /// # Errors
