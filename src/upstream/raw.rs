@@ -172,7 +172,7 @@ impl RawSession {
         match response.status() {
             StatusCode::METHOD_NOT_ALLOWED => Ok(None),
             StatusCode::NOT_FOUND => Err(PostError::SessionExpired),
-            _ => match reply(response, Some(Resume::new(self, None))).await? {
+            _ => match reply(response, Some((self, None))).await? {
                 Reply::Events(events) => Ok(Some(events)),
                 Reply::Json(_) | Reply::Accepted => Ok(None),
             },
@@ -232,7 +232,7 @@ impl RawSession {
     /// cannot be sent, a credential cannot be obtained, or the upstream answers with an
     /// error status or an unexpected content type.
     pub async fn post(self: &Arc<Self>, body: Bytes, call: Option<&CallContext>, extra: &[(HeaderName, HeaderValue)]) -> Result<Reply, PostError> {
-        reply(self.send(body, call, extra).await?, Some(Resume::new(self, call))).await
+        reply(self.send(body, call, extra).await?, Some((self, call))).await
     }
 
     /// Reopens an SSE stream after the event `last_event_id` (HTTP GET with `Last-Event-ID`).
@@ -312,7 +312,7 @@ fn is_response(data: &[u8]) -> bool {
 
 /// Classifies a response by status and content type; a JSON body is read whole (capped); an
 /// event stream is resumable when `resume` is given.
-async fn reply(response: reqwest::Response, resume: Option<Resume>) -> Result<Reply, PostError> {
+async fn reply(response: reqwest::Response, resume: Option<(&Arc<RawSession>, Option<&CallContext>)>) -> Result<Reply, PostError> {
     let status = response.status();
     if status == StatusCode::ACCEPTED {
         return Ok(Reply::Accepted);
@@ -334,7 +334,7 @@ async fn reply(response: reqwest::Response, resume: Option<Resume>) -> Result<Re
     }
     if content_type.starts_with("text/event-stream") {
         return Ok(Reply::Events(match resume {
-            Some(resume) => resume.events(sse(response)),
+            Some((session, call)) => Resume::new(session, call).events(sse(response)),
             None => data(sse(response)),
         }));
     }
