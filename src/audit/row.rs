@@ -149,20 +149,16 @@ impl Row {
         hash_content(&self.prev_hash, &self.canonical_content())
     }
 
-    /// Sets `seq` and `prev_hash`, then `row_hash`.
-    #[cfg(test)]
-    pub(crate) fn seal(&mut self, seq: i64, prev_hash: &str) {
-        self.seal_into(seq, prev_hash, &mut Vec::new());
-    }
-
-    /// As [`Row::seal`], and appends the sealed row to `json` as one JSON object of every
-    /// column, named as in [`COLUMNS`] (the canonical content with `prev_hash` and `row_hash`
-    /// added): the form the store inserts in bulk. The content is serialized once for both.
-    pub(crate) fn seal_into(&mut self, seq: i64, prev_hash: &str, json: &mut Vec<u8>) {
+    /// Sets `seq` and `prev_hash`, then `row_hash`; when `json` is given, also appends the
+    /// sealed row to it as one JSON object of every column, named as in [`COLUMNS`] (the
+    /// canonical content with `prev_hash` and `row_hash` added), the form PostgreSQL inserts
+    /// in bulk: the content is serialized once for both.
+    pub(crate) fn seal(&mut self, seq: i64, prev_hash: &str, json: Option<&mut Vec<u8>>) {
         self.seq = seq;
         self.prev_hash = prev_hash.to_owned();
         let content = self.canonical_content();
         self.row_hash = hash_content(&self.prev_hash, &content).unwrap_or_default();
+        let Some(json) = json else { return };
         // `content` is a JSON object: drop its closing brace and add the two hashes (hex
         // digits only, so nothing to escape).
         json.extend_from_slice(content.strip_suffix(b"}").unwrap_or(&content));

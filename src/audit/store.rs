@@ -481,18 +481,14 @@ fn seal_onto<DB: BulkInsert>(rows: &mut [Row], head: (i64, String)) -> Sealed {
     let (mut seq, mut hash) = head;
     let mut seqs = Vec::with_capacity(rows.len());
     let mut json = Vec::new();
-    let mut scratch = Vec::new();
     for chunk in rows.chunks_mut(INSERT_CHUNK) {
         let mut array = Vec::with_capacity(if DB::JSON { chunk.len() * 768 } else { 0 });
         for row in chunk.iter_mut() {
             seq += 1;
             if DB::JSON {
                 array.push(if array.is_empty() { b'[' } else { b',' });
-                row.seal_into(seq, &hash, &mut array);
-            } else {
-                row.seal_into(seq, &hash, &mut scratch);
-                scratch.clear();
             }
+            row.seal(seq, &hash, DB::JSON.then_some(&mut array));
             hash.clone_from(&row.row_hash);
             seqs.push(seq);
         }

@@ -5,7 +5,7 @@ use super::*;
 #[test]
 fn hash_covers_content_and_link() {
     let mut row = Row { ts_us: 1, kind: "intent".into(), request_id: "r".into(), method: "tools/call".into(), ..Row::default() };
-    row.seal(1, row::GENESIS);
+    row.seal(1, row::GENESIS, None);
     assert_eq!(row.row_hash.len(), 64);
     assert_eq!(row.compute_hash().as_deref(), Some(row.row_hash.as_str()));
     let mut edited = row.clone();
@@ -16,6 +16,30 @@ fn hash_covers_content_and_link() {
     assert_ne!(relinked.compute_hash(), Some(row.row_hash.clone()));
     relinked.prev_hash = "zz".into();
     assert_eq!(relinked.compute_hash(), None);
+}
+
+/// The JSON form PostgreSQL inserts is the row itself: every column, same names, same values,
+/// and the same hash as sealing without it.
+#[test]
+fn sealed_json_is_the_row() {
+    let mut row = Row {
+        ts_us: i64::MAX,
+        kind: "outcome".into(),
+        request_id: "r \"quoted\" \\ \u{2028}".into(),
+        jsonrpc_id: Some("7".into()),
+        method: "tools/call".into(),
+        target: Some("🦀".into()),
+        error_code: Some(i64::MIN),
+        ..Row::default()
+    };
+    let mut json = Vec::new();
+    row.seal(3, row::GENESIS, Some(&mut json));
+    let mut plain = row.clone();
+    plain.seal(3, row::GENESIS, None);
+    assert_eq!(plain.row_hash, row.row_hash);
+    let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(parsed, serde_json::to_value(&row).unwrap());
+    assert_eq!(parsed.as_object().unwrap().len(), row::COLUMNS.split(", ").count());
 }
 
 #[test]
