@@ -167,11 +167,9 @@ impl RawSession {
     /// # Errors
     /// [`PostError`] as for [`RawSession::post`].
     pub async fn listen(self: &Arc<Self>) -> Result<Option<BoxStream<'static, Result<Bytes, PostError>>>, PostError> {
-        let request = self.request(Method::GET, None, &[]).await?.header(header::ACCEPT, "text/event-stream");
-        let response = request.send().await.map_err(|e| PostError::Failed(describe(&e)))?;
+        let response = self.get(None, None).await?;
         match response.status() {
             StatusCode::METHOD_NOT_ALLOWED => Ok(None),
-            StatusCode::NOT_FOUND => Err(PostError::SessionExpired),
             _ => match reply(response, Some((self, None))).await? {
                 Reply::Events(events) => Ok(Some(events)),
                 Reply::Json(_) | Reply::Accepted => Ok(None),
@@ -238,17 +236,31 @@ impl RawSession {
     /// Reopens an SSE stream after the event `last_event_id` (HTTP GET with `Last-Event-ID`).
     async fn resume(&self, last_event_id: &str, call: Option<&CallContext>) -> Result<BoxStream<'static, Result<Sse, PostError>>, PostError> {
         let id = HeaderValue::from_str(last_event_id).map_err(|_| PostError::Failed("unusable event id".into()))?;
-        let request = self.request(Method::GET, call, &[]).await?.header(header::ACCEPT, "text/event-stream").header(LAST_EVENT_ID, id);
-        let response = request.send().await.map_err(|e| PostError::Failed(describe(&e)))?;
+        let response = self.get(call, Some(id)).await?;
         let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            return Err(PostError::SessionExpired);
-        }
         let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         if !status.is_success() || !content_type.to_ascii_lowercase().starts_with("text/event-stream") {
             return Err(PostError::Failed(format!("stream could not be resumed: HTTP {status}")));
         }
         Ok(sse(response))
+    }
+
+    /// An SSE GET in this session (the standalone stream, or a stream resumed after
+    /// `last_event_id`), with the identity assertion narrowed to `call` when given.
+    ///
+    /// # Errors
+    /// [`PostError::SessionExpired`] on HTTP 404; [`PostError::Failed`] when the request
+    /// cannot be sent or a credential cannot be obtained.
+    async fn get(&self, call: Option<&CallContext>, last_event_id: Option<HeaderValue>) -> Result<reqwest::Response, PostError> {
+        let mut request = self.request(Method::GET, call, &[]).await?.header(header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header(LAST_EVENT_ID, id);
+        }
+        let response = request.send().await.map_err(|e| PostError::Failed(describe(&e)))?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(PostError::SessionExpired);
+        }
+        Ok(response)
     }
 
     async fn send(&self, body: Bytes, call: Option<&CallContext>, extra: &[(HeaderName, HeaderValue)]) -> Result<reqwest::Response, PostError> {
