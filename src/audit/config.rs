@@ -128,8 +128,8 @@ impl AuditSettings {
     /// Validates `config`; the default store is `<data_dir>/audit/audit.db`.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the key: an unsupported URL scheme, or a zero batch size,
-    /// argument cap, pending limit, pool size or checkpoint interval.
+    /// [`Error::Config`] naming the key: an unsupported URL scheme, an in-memory SQLite URL, or a
+    /// zero batch size, argument cap, pending limit, pool size or checkpoint interval.
     pub fn from_config(config: &AuditConfig, data_dir: &Path) -> Result<Self, Error> {
         let url = match &config.url {
             Some(url) => url.clone(),
@@ -142,6 +142,11 @@ impl AuditSettings {
         } else {
             return Err(invalid("audit.url", "must start with sqlite:// or postgres://"));
         };
+        // The writer holds its own connection and readers open theirs: each would get its own
+        // in-memory database.
+        if backend == Backend::Sqlite && (url.contains(":memory:") || url.contains("mode=memory")) {
+            return Err(invalid("audit.url", "an in-memory SQLite database cannot hold an audit trail; name a file"));
+        }
         for (key, value) in [
             ("audit.max_argument_bytes", config.max_argument_bytes),
             ("audit.batch_max_rows", config.batch_max_rows),

@@ -32,6 +32,7 @@
 
 mod config;
 mod row;
+mod sqlite;
 mod store;
 mod verify;
 mod writer;
@@ -48,7 +49,6 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::{
     sync::{mpsc, oneshot, watch},
-    task::JoinHandle,
     time::Instant,
 };
 
@@ -58,7 +58,7 @@ pub use verify::{Broken, Problem, VerifyOutcome, VerifyReport, export, parse_sin
 
 use crate::auth::issuer::EmbeddedIssuer;
 use store::Store;
-use writer::{Command, Writer};
+use writer::{Command, Sink, Writer};
 
 /// JSON-RPC error code for a call refused because the audit log could not record it
 /// (implementation-defined server error range, JSON-RPC 2.0 §5.1).
@@ -81,6 +81,9 @@ pub enum Error {
     /// The database failed or could not be reached.
     #[error("audit store: {0}")]
     Store(#[from] sqlx::Error),
+    /// The SQLite file failed (the writer's own connection).
+    #[error("audit store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// Applying the embedded migrations failed.
     #[error("audit migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -203,7 +206,14 @@ pub struct OutcomeRecord {
 /// The audit log: open once at start, share behind an `Arc`.
 pub struct AuditLog {
     inner: Arc<Inner>,
-    writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    writer: tokio::sync::Mutex<Option<WriterHandle>>,
+}
+
+/// A running writer: stops it ([`AuditLog::abort_writer_for_tests`]) or waits for its end.
+struct WriterHandle {
+    abort: futures::future::AbortHandle,
+    /// Closed (sender dropped) when the writer has ended, panics included.
+    ended: oneshot::Receiver<()>,
 }
 
 struct Inner {
@@ -250,6 +260,7 @@ impl AuditLog {
     pub async fn open(settings: &AuditSettings, signer: Arc<EmbeddedIssuer>) -> Result<Self, Error> {
         let store = Store::connect(settings).await?;
         store.migrate().await?;
+        let sink = sink(store, settings).await?;
         if settings.failure_mode == FailureMode::FailOpen {
             tracing::warn!(
                 store = %settings.display_url(),
@@ -258,7 +269,7 @@ impl AuditLog {
         }
         tracing::info!(store = %settings.display_url(), replica = %settings.replica_id, "audit log open");
         let pending = Arc::new(AtomicUsize::new(0));
-        let (tx, health, handle) = spawn_writer(store, settings, signer.clone(), pending.clone());
+        let (tx, health, handle) = spawn_writer(sink, settings, signer.clone(), pending.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 tx: std::sync::RwLock::new(tx),
@@ -281,8 +292,8 @@ impl AuditLog {
         if !self.inner.writer_stopped() {
             return Ok(false);
         }
-        let store = Store::connect(&self.inner.settings).await?;
-        let (tx, health, handle) = spawn_writer(store, &self.inner.settings, self.inner.signer.clone(), self.inner.pending.clone());
+        let sink = sink(Store::connect(&self.inner.settings).await?, &self.inner.settings).await?;
+        let (tx, health, handle) = spawn_writer(sink, &self.inner.settings, self.inner.signer.clone(), self.inner.pending.clone())?;
         *self.inner.health.write().unwrap_or_else(std::sync::PoisonError::into_inner) = health;
         *self.inner.tx.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tx;
         *self.writer.lock().await = Some(handle);
@@ -294,8 +305,8 @@ impl AuditLog {
     #[doc(hidden)]
     pub async fn abort_writer_for_tests(&self) {
         if let Some(handle) = self.writer.lock().await.take() {
-            handle.abort();
-            let _ = handle.await;
+            handle.abort.abort();
+            let _ = handle.ended.await;
         }
     }
 
@@ -385,7 +396,7 @@ impl AuditLog {
         let handle = self.writer.lock().await.take();
         drop(self.inner);
         if let Some(handle) = handle {
-            let _ = tokio::time::timeout(timeout, handle).await;
+            let _ = tokio::time::timeout(timeout, handle.ended).await;
         }
     }
 }
@@ -393,17 +404,35 @@ impl AuditLog {
 /// The readiness reason while the writer task is not running.
 pub const WRITER_STOPPED: &str = "audit writer stopped";
 
-/// Starts a writer task over `store`; returns its queue, health and handle.
+/// The writer's sink for the connected and migrated `store`: PostgreSQL keeps the pool; SQLite
+/// closes it and opens the writer's own connection.
+async fn sink(store: Store, settings: &AuditSettings) -> Result<Sink, Error> {
+    match store {
+        Store::Postgres(pool) => Ok(Sink::Postgres(pool)),
+        store @ Store::Sqlite(_) => {
+            store.close().await;
+            Ok(Sink::Sqlite(sqlite::SqliteAppender::open(settings)?))
+        }
+    }
+}
+
+/// Starts a writer over `sink` — on PostgreSQL a task on the current runtime, on SQLite a
+/// thread of its own (`portcullis-audit`, with a current-thread runtime for its timers: each
+/// append blocks it); returns its queue, health and handle.
+///
+/// # Errors
+/// [`Error::Io`] when the thread cannot be started.
 fn spawn_writer(
-    store: Store,
+    sink: Sink,
     settings: &AuditSettings,
     signer: Arc<EmbeddedIssuer>,
     pending: Arc<AtomicUsize>,
-) -> (mpsc::UnboundedSender<Command>, watch::Receiver<Health>, JoinHandle<()>) {
+) -> Result<(mpsc::UnboundedSender<Command>, watch::Receiver<Health>, WriterHandle), Error> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (health_tx, health) = watch::channel(Health::Ready);
+    let own_thread = matches!(sink, Sink::Sqlite(_));
     let writer = Writer {
-        store,
+        sink,
         rx,
         health: health_tx,
         signer,
@@ -415,7 +444,22 @@ fn spawn_writer(
         pending,
         head: None,
     };
-    (tx, health, tokio::spawn(writer.run()))
+    let (run, abort) = futures::future::abortable(writer.run());
+    // Dropped when the writer ends, however it ends.
+    let (ended_tx, ended) = oneshot::channel::<()>();
+    if own_thread {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+        std::thread::Builder::new().name("portcullis-audit".into()).spawn(move || {
+            let _ended = ended_tx;
+            let _ = runtime.block_on(run);
+        })?;
+    } else {
+        tokio::spawn(async move {
+            let _ended = ended_tx;
+            let _ = run.await;
+        });
+    }
+    Ok((tx, health, WriterHandle { abort, ended }))
 }
 
 /// Connects to the store of `settings` and applies the embedded migrations (for

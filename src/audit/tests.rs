@@ -70,6 +70,11 @@ fn settings_default_to_sqlite_in_the_data_dir_and_reject_bad_values() {
     assert!(!pg.display_url().contains("s3cret"), "{}", pg.display_url());
     let bad = AuditConfig { url: Some("mysql://x".into()), ..AuditConfig::default() };
     assert!(matches!(AuditSettings::from_config(&bad, Path::new("d")), Err(Error::Config { key, .. }) if key == "audit.url"));
+    // The writer and the readers each open the file: an in-memory database would be two.
+    for memory in ["sqlite::memory:", "sqlite://audit.db?mode=memory"] {
+        let config = AuditConfig { url: Some(memory.into()), ..AuditConfig::default() };
+        assert!(matches!(AuditSettings::from_config(&config, Path::new("d")), Err(Error::Config { key, .. }) if key == "audit.url"), "{memory}");
+    }
     let zero = AuditConfig { batch_max_rows: 0, ..AuditConfig::default() };
     assert!(AuditSettings::from_config(&zero, Path::new("d")).is_err());
 }

@@ -9,10 +9,13 @@
 //! up to [`OUTCOME_LINGER`] for the next intent (or flush, checkpoint or shutdown) and is
 //! committed with it. At low concurrency that halves the commits (one fsync per call instead
 //! of two), and the next call's intent no longer queues behind the last call's outcome.
-//! Under load (the last commit carried [`BUSY_INTENTS`] intents or more) the writer yields to
-//! the runtime [`BUSY_YIELDS`] times before committing, so that rows of requests already
-//! running join this transaction rather than the next: fewer, larger commits when the CPU is
-//! the bound, no added wait when the gateway is idle.
+//! On PostgreSQL the writer is a task on the gateway's runtime: under load (the last commit
+//! carried [`BUSY_INTENTS`] intents or more) it yields to the runtime [`BUSY_YIELDS`] times
+//! before committing, so that rows of requests already running join this transaction rather
+//! than the next: fewer, larger commits when the CPU is the bound, no added wait when the
+//! gateway is idle. On SQLite the writer runs on a thread of its own with its own connection
+//! ([`super::sqlite`]): a commit blocks only that thread, and the rows that arrive meanwhile
+//! form the next batch without any yielding.
 //!
 //! Invariants: a waiter is answered `Ok` only after its row's transaction committed. A failed
 //! intent is answered with the error and dropped (its call is refused, so nothing happened that
@@ -27,7 +30,12 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Error, Health, row::Row, store::Store};
+use super::{
+    Error, Health,
+    row::Row,
+    sqlite::SqliteAppender,
+    store::{Appended, Sign, append_postgres},
+};
 use crate::auth::issuer::EmbeddedIssuer;
 
 /// Outcomes kept for retry at most.
@@ -51,8 +59,17 @@ pub(crate) enum Command {
     Flush { reply: oneshot::Sender<()> },
 }
 
+/// Where the writer appends.
+pub(crate) enum Sink {
+    /// SQLite: the writer thread's own connection (the writer must run on a thread of its own:
+    /// every append blocks it).
+    Sqlite(SqliteAppender),
+    /// PostgreSQL: the pool, used from a task on the gateway's runtime.
+    Postgres(sqlx::PgPool),
+}
+
 pub(crate) struct Writer {
-    pub(crate) store: Store,
+    pub(crate) sink: Sink,
     pub(crate) rx: mpsc::UnboundedReceiver<Command>,
     pub(crate) health: watch::Sender<Health>,
     pub(crate) signer: Arc<EmbeddedIssuer>,
@@ -71,6 +88,40 @@ struct Item {
     row: Box<Row>,
     reply: Option<oneshot::Sender<Result<i64, Error>>>,
     retry: bool,
+}
+
+// === impl Sink ===
+
+impl Sink {
+    async fn append(
+        &mut self,
+        rows: &mut [Row],
+        replica: &str,
+        checkpoint: Option<Sign<'_>>,
+        known_head: Option<&(i64, String)>,
+    ) -> Result<Appended, Error> {
+        match self {
+            Self::Sqlite(appender) => appender.append(rows, replica, checkpoint, known_head),
+            Self::Postgres(pool) => append_postgres(pool, rows, replica, checkpoint, known_head).await,
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), Error> {
+        match self {
+            Self::Sqlite(appender) => appender.ping(),
+            Self::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(&*pool).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Self::Sqlite(appender) => drop(appender),
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
 }
 
 // === impl Writer ===
@@ -111,7 +162,7 @@ impl Writer {
             // Under load (the last commit carried several intents), let the runtime run the
             // tasks that are ready before committing: their rows join this transaction
             // instead of forming the next one. Costs nothing at low concurrency.
-            if last_intents >= BUSY_INTENTS && batch.len() < self.batch_max_rows {
+            if matches!(self.sink, Sink::Postgres(_)) && last_intents >= BUSY_INTENTS && batch.len() < self.batch_max_rows {
                 for _ in 0..BUSY_YIELDS {
                     tokio::task::yield_now().await;
                     self.drain(&mut batch, &mut flushes);
@@ -143,7 +194,7 @@ impl Writer {
             if batch.is_empty() && !checkpoint_due {
                 if last_activity.elapsed() >= PROBE_INTERVAL {
                     last_activity = Instant::now();
-                    match self.store.ping().await {
+                    match self.sink.ping().await {
                         Ok(()) => self.set_health(Health::Ready),
                         Err(error) => self.set_failed(&error),
                     }
@@ -156,7 +207,7 @@ impl Writer {
                 let _ = flush.send(());
             }
         }
-        self.store.close().await;
+        self.sink.close().await;
     }
 
     fn take(command: Command, batch: &mut Vec<Item>, flushes: &mut Vec<oneshot::Sender<()>>) {
@@ -184,7 +235,7 @@ impl Writer {
         let sign = move |count: i64, head: &str, ts_us: i64| -> Result<String, Error> {
             super::sign_checkpoint(&signer, count, head, ts_us)
         };
-        let result = self.store.append(&mut rows, &self.replica, checkpoint_due.then_some(&sign as _), self.head.as_ref()).await;
+        let result = self.sink.append(&mut rows, &self.replica, checkpoint_due.then_some(&sign as _), self.head.as_ref()).await;
         match result {
             Ok(appended) => {
                 tracing::debug!(rows = appended.seqs.len(), head = appended.head.0, "audit batch committed");
