@@ -184,6 +184,7 @@ pub async fn run_with(
                 .with_context(|| format!("opening the audit store at {} (check [audit] url and that the database is up)", settings.audit.display_url()))?,
         );
         tracing::info!(store = %settings.audit.display_url(), "audit store reachable");
+        audit.attach_metrics(metrics.clone());
         tokio::spawn(watch_audit(audit.clone(), health.register("audit"), metrics.clone(), cancel.child_token()));
         Some(audit)
     } else {

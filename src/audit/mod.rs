@@ -223,6 +223,8 @@ struct Inner {
     pending: Arc<AtomicUsize>,
     settings: AuditSettings,
     signer: Arc<EmbeddedIssuer>,
+    /// Where the writer reports commit durations, once attached ([`AuditLog::attach_metrics`]).
+    metrics: Arc<std::sync::OnceLock<crate::telemetry::Metrics>>,
 }
 
 // === impl Inner ===
@@ -269,7 +271,8 @@ impl AuditLog {
         }
         tracing::info!(store = %settings.display_url(), replica = %settings.replica_id, "audit log open");
         let pending = Arc::new(AtomicUsize::new(0));
-        let (tx, health, handle) = spawn_writer(sink, settings, signer.clone(), pending.clone())?;
+        let metrics = Arc::new(std::sync::OnceLock::new());
+        let (tx, health, handle) = spawn_writer(sink, settings, signer.clone(), pending.clone(), metrics.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 tx: std::sync::RwLock::new(tx),
@@ -277,6 +280,7 @@ impl AuditLog {
                 pending,
                 settings: settings.clone(),
                 signer,
+                metrics,
             }),
             writer: tokio::sync::Mutex::new(Some(handle)),
         })
@@ -293,12 +297,19 @@ impl AuditLog {
             return Ok(false);
         }
         let sink = sink(Store::connect(&self.inner.settings).await?, &self.inner.settings).await?;
-        let (tx, health, handle) = spawn_writer(sink, &self.inner.settings, self.inner.signer.clone(), self.inner.pending.clone())?;
+        let (tx, health, handle) =
+            spawn_writer(sink, &self.inner.settings, self.inner.signer.clone(), self.inner.pending.clone(), self.inner.metrics.clone())?;
         *self.inner.health.write().unwrap_or_else(std::sync::PoisonError::into_inner) = health;
         *self.inner.tx.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tx;
         *self.writer.lock().await = Some(handle);
         tracing::warn!("audit writer restarted");
         Ok(true)
+    }
+
+    /// Reports each group commit's duration to `metrics` from now on
+    /// (`portcullis_audit_commit_duration_seconds`). Only the first call takes effect.
+    pub fn attach_metrics(&self, metrics: crate::telemetry::Metrics) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     /// Stops the writer task as a crash would (tests of supervision only).
@@ -427,6 +438,7 @@ fn spawn_writer(
     settings: &AuditSettings,
     signer: Arc<EmbeddedIssuer>,
     pending: Arc<AtomicUsize>,
+    metrics: Arc<std::sync::OnceLock<crate::telemetry::Metrics>>,
 ) -> Result<(mpsc::UnboundedSender<Command>, watch::Receiver<Health>, WriterHandle), Error> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (health_tx, health) = watch::channel(Health::Ready);
@@ -442,6 +454,7 @@ fn spawn_writer(
         fail_open: settings.failure_mode == FailureMode::FailOpen,
         replica: settings.replica_id.clone(),
         pending,
+        metrics,
         head: None,
     };
     let (run, abort) = futures::future::abortable(writer.run());

@@ -79,6 +79,8 @@ pub(crate) struct Writer {
     pub(crate) fail_open: bool,
     pub(crate) replica: String,
     pub(crate) pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Receives each append's duration once the gateway attached its metrics.
+    pub(crate) metrics: Arc<std::sync::OnceLock<crate::telemetry::Metrics>>,
     /// The chain head this writer last committed, `(seq, row_hash)`; `None` until the first
     /// commit and after a failed one.
     pub(crate) head: Option<(i64, String)>,
@@ -235,7 +237,11 @@ impl Writer {
         let sign = move |count: i64, head: &str, ts_us: i64| -> Result<String, Error> {
             super::sign_checkpoint(&signer, count, head, ts_us)
         };
+        let started = std::time::Instant::now();
         let result = self.sink.append(&mut rows, &self.replica, checkpoint_due.then_some(&sign as _), self.head.as_ref()).await;
+        if let Some(metrics) = self.metrics.get() {
+            metrics.record_audit_commit(started.elapsed());
+        }
         match result {
             Ok(appended) => {
                 tracing::debug!(rows = appended.seqs.len(), head = appended.head.0, "audit batch committed");
