@@ -275,7 +275,8 @@ async fn fail_open_forwards_and_degrades(db: Db) {
     raw(&db, &["ALTER TABLE audit_log_away RENAME TO audit_log"]).await.unwrap();
 }
 
-/// Concurrent writers, a dropped handle (abandoned outcome), and export.
+/// Concurrent writers, outcomes awaited and queued, a dropped handle (abandoned outcome), and
+/// export.
 async fn concurrent_writers_abandoned_and_export(db: Db, logs: usize) {
     let keys = tempfile::tempdir().unwrap();
     let mut opened = Vec::new();
@@ -288,10 +289,11 @@ async fn concurrent_writers_abandoned_and_export(db: Db, logs: usize) {
         tasks.push(tokio::spawn(async move {
             for i in 0..10 {
                 let handle = log.intent(intent(t * 100 + i)).await.unwrap();
-                if i == 9 {
-                    drop(handle);
-                } else {
-                    handle.outcome(ok()).await.unwrap();
+                match i {
+                    9 => drop(handle),
+                    // Queued, not awaited: written by the close below.
+                    8 => handle.record(ok()),
+                    _ => handle.outcome(ok()).await.unwrap(),
                 }
             }
         }));
@@ -313,6 +315,7 @@ async fn concurrent_writers_abandoned_and_export(db: Db, logs: usize) {
     let text = String::from_utf8(out).unwrap();
     let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.iter().filter(|r| r["status"] == "abandoned").count(), 32);
+    assert_eq!(rows.iter().filter(|r| r["status"] == "ok").count(), 32 * 9);
     assert!(rows[0]["time"].as_str().unwrap().ends_with('Z'));
     assert!(!text.contains("sk-live-123") && !text.contains("session-1"), "secret or raw session id exported");
 }

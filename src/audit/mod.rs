@@ -517,6 +517,23 @@ impl IntentHandle {
         }
     }
 
+    /// Queues the outcome row without waiting for its commit: for a request path whose answer
+    /// need not wait for the outcome, without a task per request to await it. A failed write is
+    /// retried and logged by the writer, as for [`IntentHandle::outcome`]; if the writer has
+    /// stopped, this logs at `error` with the request id.
+    pub fn record(mut self, outcome: OutcomeRecord) {
+        self.done = true;
+        let row = self.outcome_row(&outcome);
+        self.queue(row);
+    }
+
+    /// Sends `row` to the writer without a reply.
+    fn queue(&self, row: Row) {
+        if self.inner.send(Command::Append { row: Box::new(row), reply: None, retry: true }).is_err() {
+            tracing::error!(request_id = %self.template.request_id, "audit writer stopped: outcome not recorded");
+        }
+    }
+
     fn outcome_row(&self, outcome: &OutcomeRecord) -> Row {
         let latency = outcome.latency.unwrap_or_else(|| self.started.elapsed());
         Row {
@@ -543,9 +560,7 @@ impl Drop for IntentHandle {
             findings: None,
             latency: None,
         });
-        if self.inner.send(Command::Append { row: Box::new(row), reply: None, retry: true }).is_err() {
-            tracing::error!(request_id = %self.template.request_id, "audit writer stopped: abandoned outcome not recorded");
-        }
+        self.queue(row);
     }
 }
 

@@ -165,7 +165,7 @@ impl RequestCtx {
         }
     }
 
-    /// Ends the request: outcome row (in the background), access log, metrics, span status.
+    /// Ends the request: outcome row (queued, not awaited), access log, metrics, span status.
     pub(super) fn finish<T>(mut self, gateway: &Gateway, result: &Result<T, ErrorData>) {
         let latency = self.started.elapsed();
         let outcome = match result {
@@ -195,11 +195,7 @@ impl RequestCtx {
                 findings: self.findings.as_ref().filter(|f| f.flagged()).and_then(|f| serde_json::to_value(f).ok()),
                 latency: Some(latency),
             };
-            tokio::spawn(async move {
-                if let Err(error) = handle.outcome(record).await {
-                    tracing::error!(%error, "audit outcome not recorded");
-                }
-            });
+            handle.record(record);
         }
         AccessLog {
             principal: Some(&self.principal.subject),
