@@ -99,7 +99,7 @@ pub enum Error {
         /// Intents waiting.
         pending: usize,
     },
-    /// The writer task has stopped.
+    /// The writer has stopped.
     #[error("audit writer stopped")]
     Closed,
     /// Signing a checkpoint failed.
@@ -253,12 +253,13 @@ pub struct IntentHandle {
 // === impl AuditLog ===
 
 impl AuditLog {
-    /// Connects to the store, applies migrations and starts the writer task. Checkpoints are
-    /// signed with `signer`'s key.
+    /// Connects to the store, applies migrations and starts the writer (a task on the current
+    /// runtime; on SQLite a thread of its own). Checkpoints are signed with `signer`'s key.
     ///
     /// # Errors
     /// [`Error::Store`] when the database cannot be reached, [`Error::Migrate`] when the schema
-    /// cannot be brought up to date.
+    /// cannot be brought up to date, [`Error::Sqlite`] when the SQLite file cannot be opened for
+    /// writing, [`Error::Io`] when the writer's thread cannot be started.
     pub async fn open(settings: &AuditSettings, signer: Arc<EmbeddedIssuer>) -> Result<Self, Error> {
         let store = Store::connect(settings).await?;
         store.migrate().await?;
@@ -286,12 +287,13 @@ impl AuditLog {
         })
     }
 
-    /// Restarts the writer task if it stopped (it only stops on a bug: a panic). Meanwhile
+    /// Restarts the writer if it stopped (it only stops on a bug: a panic). Meanwhile
     /// every call is refused and readiness reports the writer down. The new writer reads the
     /// chain head from the store, so the chain continues where it stopped.
     ///
     /// # Errors
-    /// [`Error::Store`] when the store cannot be reached to restart it.
+    /// [`Error::Store`] when the store cannot be reached to restart it; [`Error::Sqlite`] and
+    /// [`Error::Io`] as for [`AuditLog::open`].
     pub async fn revive(&self) -> Result<bool, Error> {
         if !self.inner.writer_stopped() {
             return Ok(false);
@@ -312,7 +314,7 @@ impl AuditLog {
         let _ = self.inner.metrics.set(metrics);
     }
 
-    /// Stops the writer task as a crash would (tests of supervision only).
+    /// Stops the writer as a crash would (tests of supervision only).
     #[doc(hidden)]
     pub async fn abort_writer_for_tests(&self) {
         if let Some(handle) = self.writer.lock().await.take() {
@@ -412,7 +414,7 @@ impl AuditLog {
     }
 }
 
-/// The readiness reason while the writer task is not running.
+/// The readiness reason while the writer is not running.
 pub const WRITER_STOPPED: &str = "audit writer stopped";
 
 /// The writer's sink for the connected and migrated `store`: PostgreSQL keeps the pool; SQLite

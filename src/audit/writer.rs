@@ -1,6 +1,6 @@
-//! The single writer task: group commit.
+//! The single writer: group commit.
 //!
-//! Callers send rows on an unbounded channel and (for intents) await a oneshot. The task takes
+//! Callers send rows on an unbounded channel and (for intents) await a oneshot. The writer takes
 //! everything queued (up to `batch_max_rows`), commits it in one transaction and answers every
 //! waiter; while a commit is in flight the next batch forms, so the number of transactions per
 //! second, not rows, is what the database has to sustain.
@@ -9,6 +9,7 @@
 //! up to [`OUTCOME_LINGER`] for the next intent (or flush, checkpoint or shutdown) and is
 //! committed with it. At low concurrency that halves the commits (one fsync per call instead
 //! of two), and the next call's intent no longer queues behind the last call's outcome.
+//!
 //! On PostgreSQL the writer is a task on the gateway's runtime: under load (the last commit
 //! carried [`BUSY_INTENTS`] intents or more) it yields to the runtime [`BUSY_YIELDS`] times
 //! before committing, so that rows of requests already running join this transaction rather
