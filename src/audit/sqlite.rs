@@ -9,9 +9,9 @@
 //! work is a few tens (bench/RESULTS.md, sixth session). Here the writer's thread binds and steps
 //! the statement itself, and rows that arrive while it commits form the next batch.
 //!
-//! Reads (`verify`, `export`), migrations and readiness probes of other components still go
-//! through the sqlx pool ([`super::store::Store`]); the statements, shapes, sealing and the
-//! fall-back to the locked transaction are the ones [`super::store`] documents.
+//! Reads (`verify`, `export`) and migrations still go through sqlx ([`super::store::Store`]);
+//! the statements, shapes, sealing and the fall-back to the locked transaction are the ones
+//! [`super::store`] documents.
 
 use std::time::Duration;
 
