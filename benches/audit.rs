@@ -1,6 +1,6 @@
 //! Audit throughput: `cargo bench --bench audit` prints rows/s committed (intent + outcome per
-//! request; each writer awaits its intent, the outcome is written in the background as in the
-//! gateway, and every row is durable before the clock stops) with 1, 16 and 64 concurrent
+//! request; each writer awaits its intent, the outcome is queued as in the gateway, and every
+//! row is durable before the clock stops) with 1, 16 and 64 concurrent
 //! writers, with the CPU time per row of the whole bench process, on SQLite (a file in a
 //! temporary directory, WAL, `synchronous=FULL`) and on PostgreSQL when
 //! `PORTCULLIS_TEST_POSTGRES_URL` is set (scripts/start-services.sh starts one with `fsync=off`,
@@ -45,7 +45,6 @@ async fn run(url: &str, writers: usize, duration: Duration, issuer: Arc<Embedded
         tasks.push(tokio::spawn(async move {
             let mut rows = 0usize;
             let mut i = 0usize;
-            let mut outcomes = Vec::new();
             while start.elapsed() < duration {
                 let handle = log
                     .intent(IntentRecord {
@@ -60,20 +59,17 @@ async fn run(url: &str, writers: usize, duration: Duration, issuer: Arc<Embedded
                     })
                     .await
                     .unwrap();
-                // As the gateway does: the outcome is written in the background, the caller
-                // goes on (only the intent must be durable before forwarding).
-                outcomes.push(tokio::spawn(handle.outcome(OutcomeRecord {
+                // As the gateway does: the outcome is queued and the caller goes on (only the
+                // intent must be durable before forwarding); the flush below waits for it.
+                handle.record(OutcomeRecord {
                     status: OutcomeStatus::Ok,
                     error_code: None,
                     error_message: None,
                     findings: None,
                     latency: None,
-                })));
+                });
                 rows += 2;
                 i += 1;
-            }
-            for outcome in outcomes {
-                outcome.await.unwrap().unwrap();
             }
             rows
         }));
@@ -82,6 +78,8 @@ async fn run(url: &str, writers: usize, duration: Duration, issuer: Arc<Embedded
     for task in tasks {
         rows += task.await.unwrap();
     }
+    // Every queued outcome committed before the clock stops.
+    log.flush().await;
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_us_per_row = (process_cpu_seconds() - cpu_start) * 1e6 / rows.max(1) as f64;
     Arc::into_inner(log).unwrap().close(Duration::from_secs(10)).await;
