@@ -12,8 +12,17 @@
 //! - `echo {text}` returns `text`; `large_result {bytes}` returns that many `x` characters;
 //! - `slow {seconds}` sleeps, then returns `done` (it stops early if the call is cancelled);
 //! - `whoami_headers` returns, as JSON text, the HTTP request headers of its own `tools/call`;
+//! - `close_standalone_stream` closes the session's standalone SSE stream without an event id
+//!   (as a proxy's idle timeout would), then for 5 s sends a `notifications/message` with data
+//!   `"standalone stream reopened"` every 100 ms outside any request, which reaches the client
+//!   only if it opens the stream again;
 //! - with `--extra-tools N`, `N` synthetic tools `extra_000`, `extra_001`, … (each returns its
 //!   own name), for benchmarks of large catalogs (`bench/`, "10 upstreams × 100 tools").
+//!
+//! With `FIXTURE_STANDALONE_WITHOUT_IDS` set, the standalone SSE stream's events carry no id
+//! and no stream opens with a priming event (as from a server without an event store), so a
+//! closed standalone stream cannot be resumed, only opened again (`test_reconnection` then
+//! cannot work).
 //!
 //! With `FIXTURE_RECORD_HEADERS=/path/file.jsonl` set, every HTTP request to `/mcp` is appended
 //! to that file as one JSON line, `{"method": ..., "headers": {...}}`, so tests can assert what
@@ -125,9 +134,10 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let shutdown = CancellationToken::new();
-    let manager = Arc::new(FixtureSessionManager::new());
+    let standalone_without_ids = std::env::var_os("FIXTURE_STANDALONE_WITHOUT_IDS").is_some();
+    let manager = Arc::new(FixtureSessionManager::new(standalone_without_ids));
     let config = StreamableHttpServerConfig::default()
-        .with_sse_retry(Some(PRIMING_RETRY))
+        .with_sse_retry((!standalone_without_ids).then_some(PRIMING_RETRY))
         .with_allowed_hosts(LOOPBACK_HOSTS)
         .with_allowed_origins(
             LOOPBACK_HOSTS
@@ -337,17 +347,20 @@ struct FixtureSessionManager {
     reconnection_calls: Mutex<HashMap<(SessionId, RequestId), u64>>,
     /// Streams whose resumption a tool awaits: (session, HTTP stream id) → signal.
     resume_waiters: Mutex<HashMap<(SessionId, u64), Arc<Notify>>>,
+    /// `FIXTURE_STANDALONE_WITHOUT_IDS` is set: standalone stream events carry no id.
+    standalone_without_ids: bool,
 }
 
 impl FixtureSessionManager {
     /// A manager whose request streams open with a [`PRIMING_RETRY`] priming event.
-    fn new() -> Self {
+    fn new(standalone_without_ids: bool) -> Self {
         let mut inner = LocalSessionManager::default();
-        inner.session_config.sse_retry = Some(PRIMING_RETRY);
+        inner.session_config.sse_retry = (!standalone_without_ids).then_some(PRIMING_RETRY);
         Self {
             inner,
             reconnection_calls: Mutex::default(),
             resume_waiters: Mutex::default(),
+            standalone_without_ids,
         }
     }
 
@@ -453,7 +466,14 @@ impl SessionManager for FixtureSessionManager {
         &self,
         id: &SessionId,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        self.inner.create_standalone_stream(id).await
+        let strip = self.standalone_without_ids;
+        let events = self.inner.create_standalone_stream(id).await?;
+        Ok(futures::StreamExt::map(events, move |mut event| {
+            if strip {
+                event.event_id = None;
+            }
+            event
+        }))
     }
 
     /// Same as [`LocalSessionManager::resume`], then wakes a tool waiting for that stream.
@@ -743,6 +763,31 @@ impl Fixture {
         text_result("Streaming completed without server-to-client requests")
     }
 
+    /// `close_standalone_stream`: see the module docs.
+    async fn close_standalone_stream(&self, context: &RequestContext<RoleServer>) -> CallToolResult {
+        let Some(session) = session_id(context) else {
+            return CallToolResult::error(vec![ContentBlock::text("not in a session")]);
+        };
+        let closed = match self.manager.session_handle(&session).await {
+            Ok(handle) => handle.close_standalone_sse_stream(None).await.is_ok(),
+            Err(_) => false,
+        };
+        let peer = context.peer.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let params = LoggingMessageNotificationParam::new(
+                    LoggingLevel::Info,
+                    json!("standalone stream reopened"),
+                );
+                if peer.notify_logging_message(params).await.is_err() {
+                    return;
+                }
+            }
+        });
+        text_result(if closed { "closed" } else { "no standalone stream" })
+    }
+
     /// `whoami_headers`: the HTTP headers of this `tools/call`, as JSON text.
     fn whoami_headers(context: &RequestContext<RoleServer>) -> CallToolResult {
         let headers = context
@@ -997,6 +1042,10 @@ fn tools() -> Vec<Tool> {
         no_arg(
             "whoami_headers",
             "Returns the HTTP request headers of this call as a JSON object",
+        ),
+        no_arg(
+            "close_standalone_stream",
+            "Closes this session's standalone SSE stream, then logs outside any request for 5 s",
         ),
     ]
 }
@@ -1284,6 +1333,7 @@ impl ServerHandler for Fixture {
                 }
             }
             "whoami_headers" => Self::whoami_headers(&context),
+            "close_standalone_stream" => self.close_standalone_stream(&context).await,
             name if self.extra_tools.iter().any(|tool| tool.name == name) => text_result(name),
             name => {
                 return Err(ErrorData::invalid_params(

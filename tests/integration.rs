@@ -651,6 +651,32 @@ async fn direct_call_resumes_a_call_stream_the_upstream_closed() {
     gateway.stop().await;
 }
 
+/// An upstream that closes its standalone stream with no event id to resume from (as a
+/// proxy's idle timeout does) gets it opened again: what it sends afterwards outside any
+/// request still reaches the client.
+#[tokio::test]
+async fn standalone_stream_closed_without_an_event_id_is_reopened() {
+    let fixture = Fixture::start(&[("FIXTURE_STANDALONE_WITHOUT_IDS", "1")]).await;
+    let gateway = Gateway::start(vec![UpstreamSpec::new("fx", &fixture.url)]).await;
+    let (client, handler) = connect(&gateway.url, &gateway.token("alice", ALL_SCOPES)).await.unwrap();
+    // The first call opens the upstream session, whose standalone stream the gateway then
+    // opens (the client's own stream is already up).
+    client.peer().call_tool(call("fx__echo", json!({"text": "x"}))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let closed = client.peer().call_tool(call("fx__close_standalone_stream", json!({}))).await.unwrap();
+    assert_eq!(serde_json::to_value(&closed).unwrap()["content"][0]["text"], "closed");
+    let reopened = |handler: &common::TestClient| {
+        handler.seen.lock().unwrap().log_messages.iter().any(|m| m == &json!("standalone stream reopened"))
+    };
+    let started = Instant::now();
+    while !reopened(&handler) && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened(&handler), "nothing the upstream sent after closing its standalone stream reached the client");
+    client.cancel().await.unwrap();
+    gateway.stop().await;
+}
+
 /// Idle sessions are ended by the transport's sweeper: after `session_idle_timeout`
 /// without a request the session id answers 404, on the direct path and through rmcp.
 #[tokio::test]

@@ -305,8 +305,14 @@ async fn set_level(connection: &Arc<RawSession>, params: &Value) {
 /// [`super::ClientPeers`]); before that nothing could be relayed, and a session that only
 /// calls tools holds no second upstream connection. List changes still reach the catalog
 /// through its own upstream sessions.
+///
+/// A stream the upstream closes is opened again (MCP 2025-11-25 basic/transports: the server
+/// may close it at any time; one closed after an event id is first resumed by the raw
+/// session). One closed with no id to resume from, as a proxy's idle timeout does, is
+/// reopened fresh after [`STANDALONE_REOPEN`]'s first wait, doubled up to its second while
+/// reopened streams deliver nothing. The reader ends when the session stops or expires
+/// (HTTP 404), the upstream stops offering the stream (HTTP 405), or the first open fails.
 async fn standalone(connection: std::sync::Weak<RawSession>, catalog_events: upstream::CatalogEvents, peers: super::ClientPeers, session_id: Arc<str>) {
-    use rmcp::model::{JsonRpcMessage, ServerJsonRpcMessage, ServerNotification, ServerRequest};
     let (upstream, stop) = match connection.upgrade() {
         Some(session) => (session.upstream().clone(), session.stopped()),
         None => return,
@@ -316,66 +322,106 @@ async fn standalone(connection: std::sync::Weak<RawSession>, catalog_events: ups
         peer = peers.wait(&session_id) => if peer.is_none() { return },
     }
     let peer = || peers.get(&session_id);
-    let Some(session) = connection.upgrade() else { return };
-    let mut events = match session.listen().await {
-        Ok(Some(events)) => events,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::debug!(%upstream, %error, "no standalone stream from upstream");
-            return;
-        }
-    };
-    drop(session);
+    let mut wait = STANDALONE_REOPEN.0;
+    let mut opened_before = false;
     loop {
-        let data = tokio::select! {
+        let Some(session) = connection.upgrade() else { return };
+        let opened = session.listen().await;
+        drop(session);
+        let mut events = match opened {
+            Ok(Some(events)) => events,
+            Ok(None) | Err(PostError::SessionExpired) => return,
+            Err(error) if !opened_before => {
+                tracing::debug!(%upstream, %error, "no standalone stream from upstream");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%upstream, %error, "standalone stream could not be reopened");
+                futures::stream::empty().boxed()
+            }
+        };
+        opened_before = true;
+        let mut delivered = false;
+        while let Some(data) = tokio::select! {
             () = stop.cancelled() => return,
             event = events.next() => match event {
-                Some(Ok(data)) => data,
+                Some(Ok(data)) => Some(data),
                 Some(Err(error)) => {
                     tracing::debug!(%upstream, %error, "standalone stream ended");
-                    return;
+                    None
                 }
-                None => return,
+                None => None,
             },
-        };
-        let Ok(message) = serde_json::from_slice::<ServerJsonRpcMessage>(&data) else {
-            tracing::debug!(%upstream, "unreadable message on the standalone stream ignored");
-            continue;
-        };
-        match message {
-            JsonRpcMessage::Notification(notification) => {
-                if matches!(notification.notification, ServerNotification::CancelledNotification(_)) {
-                    continue;
-                }
-                let event = CatalogEvent::of(&notification.notification);
-                match (event, peer()) {
-                    (Some(event), _) => {
-                        let _ = catalog_events.send((upstream.clone(), event));
-                    }
-                    (None, Some(client)) => {
-                        if let Err(error) = client.send_notification(notification.notification).await {
-                            tracing::debug!(%upstream, %error, "client session gone; notification dropped");
-                        }
-                    }
-                    (None, None) => tracing::debug!(%upstream, "no client peer yet; notification dropped"),
-                }
-            }
-            JsonRpcMessage::Request(request) => {
-                let id = request.id;
-                let answer = match (request.request, peer()) {
-                    (ServerRequest::PingRequest(_), _) => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
-                    (request, Some(client)) => match client.send_request(request).await {
-                        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-                        Err(rmcp::ServiceError::McpError(error)) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
-                        Err(_) => json!({"jsonrpc": "2.0", "id": id, "error": ErrorData::internal_error("the client did not answer the relayed request", None)}),
-                    },
-                    (_, None) => json!({"jsonrpc": "2.0", "id": id, "error": ErrorData::internal_error("client session not ready", None)}),
-                };
-                let Some(session) = connection.upgrade() else { return };
-                let _ = session.post(Bytes::from(answer.to_string()), None, &[]).await;
-            }
-            _ => {}
+        } {
+            delivered = true;
+            relay_standalone(&data, &upstream, &catalog_events, peer(), &connection).await;
         }
+        // The upstream closed the stream (or it could not be reopened) while the session
+        // lives: open it again.
+        if delivered {
+            wait = STANDALONE_REOPEN.0;
+        }
+        tracing::debug!(%upstream, wait_ms = wait.as_millis() as u64, "standalone stream closed; reopening it");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        if !delivered {
+            wait = (wait * 2).min(STANDALONE_REOPEN.1);
+        }
+    }
+}
+
+/// Waits before reopening a closed standalone stream, `(first, longest)`: doubled after each
+/// reopened stream that delivered nothing.
+const STANDALONE_REOPEN: (std::time::Duration, std::time::Duration) = (std::time::Duration::from_millis(250), std::time::Duration::from_secs(30));
+
+/// Handles one message of a standalone stream (see [`standalone`]).
+async fn relay_standalone(
+    data: &[u8],
+    upstream: &Arc<str>,
+    catalog_events: &upstream::CatalogEvents,
+    peer: Option<rmcp::service::Peer<rmcp::RoleServer>>,
+    connection: &std::sync::Weak<RawSession>,
+) {
+    use rmcp::model::{JsonRpcMessage, ServerJsonRpcMessage, ServerNotification, ServerRequest};
+    let Ok(message) = serde_json::from_slice::<ServerJsonRpcMessage>(data) else {
+        tracing::debug!(%upstream, "unreadable message on the standalone stream ignored");
+        return;
+    };
+    match message {
+        JsonRpcMessage::Notification(notification) => {
+            if matches!(notification.notification, ServerNotification::CancelledNotification(_)) {
+                return;
+            }
+            let event = CatalogEvent::of(&notification.notification);
+            match (event, peer) {
+                (Some(event), _) => {
+                    let _ = catalog_events.send((upstream.clone(), event));
+                }
+                (None, Some(client)) => {
+                    if let Err(error) = client.send_notification(notification.notification).await {
+                        tracing::debug!(%upstream, %error, "client session gone; notification dropped");
+                    }
+                }
+                (None, None) => tracing::debug!(%upstream, "no client peer yet; notification dropped"),
+            }
+        }
+        JsonRpcMessage::Request(request) => {
+            let id = request.id;
+            let answer = match (request.request, peer) {
+                (ServerRequest::PingRequest(_), _) => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
+                (request, Some(client)) => match client.send_request(request).await {
+                    Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+                    Err(rmcp::ServiceError::McpError(error)) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
+                    Err(_) => json!({"jsonrpc": "2.0", "id": id, "error": ErrorData::internal_error("the client did not answer the relayed request", None)}),
+                },
+                (_, None) => json!({"jsonrpc": "2.0", "id": id, "error": ErrorData::internal_error("client session not ready", None)}),
+            };
+            let Some(session) = connection.upgrade() else { return };
+            let _ = session.post(Bytes::from(answer.to_string()), None, &[]).await;
+        }
+        _ => {}
     }
 }
 
