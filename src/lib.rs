@@ -274,7 +274,7 @@ pub async fn run_with(
 
 /// Mirrors the audit log's state into the `audit` health component (calls are refused by the
 /// audit log itself while it cannot write) and its queue depth into metrics, and restarts a
-/// stopped writer task with capped exponential backoff.
+/// stopped writer with capped exponential backoff.
 async fn watch_audit(audit: Arc<AuditLog>, component: telemetry::ComponentHandle, metrics: telemetry::Metrics, stop: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     let backoff = telemetry::Backoff::default();

@@ -71,11 +71,12 @@ impl SqliteAppender {
         Ok(())
     }
 
-    /// Appends `rows` as [`super::store::Store::append`] does for PostgreSQL: with a known head,
-    /// no checkpoint due and at most [`INSERT_CHUNK`] rows, one INSERT in autocommit sealed onto
-    /// the known head (the `seq` primary key refuses it if another process moved the head);
-    /// otherwise, or when that INSERT is refused, one `BEGIN IMMEDIATE` transaction that reads
-    /// the head, inserts, and writes a signed checkpoint when one is due.
+    /// Appends `rows` (their `seq` and hashes are assigned here; PostgreSQL's counterpart is
+    /// [`super::store::append_postgres`]): with a known head, no checkpoint due and at most
+    /// [`INSERT_CHUNK`] rows, one INSERT in autocommit sealed onto the known head (the `seq`
+    /// primary key refuses it if another process moved the head); otherwise, or when that
+    /// INSERT is refused, one `BEGIN IMMEDIATE` transaction that reads the head, inserts, and
+    /// writes a signed checkpoint when one is due.
     ///
     /// # Errors
     /// [`Error::Sqlite`] when the transaction fails (nothing is then written), or the signing

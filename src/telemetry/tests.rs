@@ -584,7 +584,7 @@ async fn supervise_backoff_doubles_up_to_the_cap() {
     assert_eq!(*starts.lock().unwrap(), vec![0, 1, 3, 7, 11, 15, 19]);
 }
 
-/// The audit writer scenario of issue 6: while its database is down the writer task dies,
+/// The audit writer scenario of issue 6: while its database is down the writer dies,
 /// readiness fails and calls are refused; when the database is back the supervisor's restart
 /// recovers without restarting the process.
 #[tokio::test(start_paused = true)]
