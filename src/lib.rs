@@ -16,6 +16,7 @@
 //! - [`router`]: the per-session MCP server; dispatches lists to the catalog and calls to
 //!   upstreams; keeps the catalog in sync.
 //! - [`catalog`]: merged, prefixed catalog of upstream tools, prompts, resources, templates.
+//! - [`limits`]: per-principal request rate limits (`[limits]`), answered 429 with `Retry-After`.
 //! - [`policy`]: `[[policy]]` rules and deny-by-default decisions; [`policy::Grant`] proves a
 //!   call was allowed.
 //! - [`upstream`]: rmcp streamable-HTTP client connections to allow-listed upstreams and the
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod guard;
+pub mod limits;
 pub mod policy;
 pub mod redact;
 pub mod router;

@@ -234,6 +234,65 @@ async fn raw_http_negative_cases() {
 }
 
 #[tokio::test]
+async fn requests_over_a_principals_budget_get_429_with_retry_after() {
+    let fixture = Fixture::start(&[]).await;
+    let limits = portcullis::limits::LimitsConfig { requests_per_second: 1, burst: Some(3) };
+    let gateway = Gateway::start_with(vec![UpstreamSpec::new("fx", &fixture.url)], |config| config.limits = limits).await;
+    let http = reqwest::Client::new();
+    let post = |token: &str, session: Option<&str>, body: Value| {
+        let mut request = http
+            .post(&gateway.url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body.to_string());
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let init = |id: u64| json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}});
+    let alice = gateway.token("alice", ALL_SCOPES);
+
+    // A burst of 3 requests: initialize and two pings.
+    let response = post(&alice, None, init(1)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    assert_eq!(post(&alice, Some(&session), initialized.clone()).await.unwrap().status(), 202);
+    for id in [2, 3] {
+        let response = post(&alice, Some(&session), json!({"jsonrpc":"2.0","id":id,"method":"ping"})).await.unwrap();
+        assert_eq!(response.status(), 200, "request {id} is within the burst");
+    }
+    // The fourth within the second is refused, before anything else sees it.
+    let response = post(&alice, Some(&session), json!({"jsonrpc":"2.0","id":4,"method":"ping"})).await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], 4);
+    assert_eq!(body["error"]["code"], portcullis::limits::RATE_LIMITED);
+    assert!(body["error"]["message"].as_str().unwrap().contains("retry after 1 s"), "{body}");
+    // Notifications are not limited; another principal has a budget of its own.
+    assert_eq!(post(&alice, Some(&session), initialized).await.unwrap().status(), 202);
+    let bob = gateway.token("bob", ALL_SCOPES);
+    assert_eq!(post(&bob, None, init(1)).await.unwrap().status(), 200);
+
+    let metrics = reqwest::get(format!("http://{}/metrics", gateway.addr)).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "portcullis_rate_limit_rejections_total 1"), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("portcullis_requests_total{") && l.contains("method=\"ping\"") && l.contains("outcome=\"rate_limited\"") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    // The budget refills: one request per second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = post(&alice, Some(&session), json!({"jsonrpc":"2.0","id":5,"method":"ping"})).await.unwrap();
+    assert_eq!(response.status(), 200);
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn upstream_receives_its_credential_never_the_client_token() {
     let record = tempfile::NamedTempFile::new().unwrap();
     let record_path = record.path().to_str().unwrap().to_owned();

@@ -112,6 +112,8 @@ pub struct Settings {
     pub audit_enabled: bool,
     /// The guard, built (and so validated) from `[guard]` and each `[upstream.guard]`.
     pub guard: std::sync::Arc<crate::guard::Guard>,
+    /// Per-principal request rate limits (`[limits]`, validated; off by default).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// `[telemetry]`, validated.
@@ -345,6 +347,7 @@ impl Settings {
         if config.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
         }
+        config.limits.validate().map_err(|e| invalid("limits.burst", &e.to_string()))?;
         let signing_key = match (&config.auth.signing_key_file, &config.auth.signing_key_env) {
             (Some(_), Some(_)) => {
                 return Err(invalid("auth.signing_key_file", "set either signing_key_file or signing_key_env, not both"));
@@ -450,6 +453,7 @@ impl Settings {
             telemetry,
             audit,
             audit_enabled,
+            limits: config.limits,
         })
     }
 

@@ -46,6 +46,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Prompt-injection guard (`[guard]`).
     pub guard: crate::guard::GuardConfig,
+    /// Per-principal request rate limits (`[limits]`; off by default).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// `[telemetry]`: trace export and the metrics listener. The standard `OTEL_*` environment
@@ -272,6 +274,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             audit: crate::audit::AuditConfig::default(),
             guard: crate::guard::GuardConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }

@@ -89,6 +89,18 @@ fn invalid_values_are_named() {
     assert!(settings(Some(bad_scheme), &[], Overrides::default()).unwrap_err().to_string().contains("upstream[0].url"));
     let leeway = "[auth]\nleeway = \"5m\"\n";
     assert!(settings(Some(leeway), &[], Overrides::default()).unwrap_err().to_string().contains("auth.leeway"));
+    let burst = "[limits]\nrequests_per_second = 5\nburst = 0\n";
+    assert!(settings(Some(burst), &[], Overrides::default()).unwrap_err().to_string().contains("limits.burst"));
+}
+
+#[test]
+fn limits_are_off_by_default_and_read_from_file_and_env() {
+    assert_eq!(settings(None, &[], Overrides::default()).unwrap().limits, crate::limits::LimitsConfig::default());
+    let file = "[limits]\nrequests_per_second = 20\nburst = 40\n";
+    let s = settings(Some(file), &[], Overrides::default()).unwrap();
+    assert_eq!((s.limits.requests_per_second, s.limits.burst), (20, Some(40)));
+    let env = [("PORTCULLIS_LIMITS__REQUESTS_PER_SECOND", "7")];
+    assert_eq!(settings(None, &env, Overrides::default()).unwrap().limits.requests_per_second, 7);
 }
 
 #[test]

@@ -13,7 +13,9 @@
 //! 4. **Body** (POST): over the cap → 413; not JSON → 400 with JSON-RPC `-32700`; a batch, or
 //!    an object with a duplicate member (`method` twice: which one counts is up to each
 //!    parser, so the gateway and the upstream could disagree) → 400 `-32600`.
-//! 5. **Scope step-up**: a call whose kind the token's scopes cannot reach → 403
+//! 5. **Rate limit** ([`crate::limits`], when `[limits]` is on): a JSON-RPC request over the
+//!    principal's budget → 429 with `Retry-After` and JSON-RPC `-32053`.
+//! 6. **Scope step-up**: a call whose kind the token's scopes cannot reach → 403
 //!    `insufficient_scope` naming the scopes needed (RFC 6750 §3.1).
 //!
 //! A plain `initialize` (the plain headers below, a stateful protocol revision) is answered
@@ -60,7 +62,9 @@ use crate::{
     auth::{self, ResourceServer, issuer::EmbeddedIssuer},
     config::Settings,
     router::{DirectCalls, DirectReply, Gateway, SessionHandler},
+    limits::RateLimits,
     session::{Binding, InitializeStates, SessionBindings},
+    telemetry::{AccessLog, Outcome, method_label},
 };
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -79,6 +83,8 @@ pub struct AppState {
     sessions: Arc<LocalSessionManager>,
     /// `initialize` parameters of live sessions, from which rmcp builds its state on demand.
     initialize_states: Arc<InitializeStates>,
+    /// Per-principal request budgets (`[limits]`).
+    limits: Arc<RateLimits>,
     mcp: Arc<StreamableHttpService<SessionHandler, LocalSessionManager>>,
 }
 
@@ -109,7 +115,8 @@ impl AppState {
         let mcp = StreamableHttpService::new(move || Ok(SessionHandler::new(factory_gateway.clone())), sessions.clone(), config);
         let bindings = Arc::new(SessionBindings::new(settings.session_idle_timeout));
         let direct = Arc::new(DirectCalls::new(gateway.clone()));
-        let state = Self { settings, gateway, resource_server, issuer, bindings, direct, sessions, initialize_states, mcp: Arc::new(mcp) };
+        let limits = Arc::new(RateLimits::new(&settings.limits));
+        let state = Self { settings, gateway, resource_server, issuer, bindings, direct, sessions, initialize_states, limits, mcp: Arc::new(mcp) };
         tokio::spawn(sweep_idle_sessions(state.clone(), cancel));
         state
     }
@@ -146,7 +153,8 @@ impl AppState {
     }
 }
 
-/// Ends sessions whose binding lapsed, every quarter of the idle timeout (1–30 s).
+/// Ends sessions whose binding lapsed, and forgets rate-limit state of principals whose
+/// budget is full again, every quarter of the idle timeout (1–30 s).
 async fn sweep_idle_sessions(state: AppState, cancel: tokio_util::sync::CancellationToken) {
     let period = (state.bindings.idle_timeout() / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
     let mut ticks = tokio::time::interval(period);
@@ -161,6 +169,7 @@ async fn sweep_idle_sessions(state: AppState, cancel: tokio_util::sync::Cancella
             state.end_session(&id);
             state.close_rmcp_session(&id).await;
         }
+        state.limits.retain_recent();
     }
 }
 
@@ -177,7 +186,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The five steps of the module docs, then rmcp.
+/// The six steps of the module docs, then rmcp.
 async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response {
     // 1. Host and Origin, before anything else.
     if let Err(reason) = check_host_and_origin(&state.settings, request.headers()) {
@@ -225,11 +234,18 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
             Ok(envelope) => envelope,
             Err(response) => return *response,
         };
+        // 5. Rate limit: JSON-RPC requests only (module docs of `crate::limits`).
+        if state.limits.enabled()
+            && let (Some(method), Some(id)) = (envelope.method.as_deref(), envelope.id.as_ref())
+            && let Err(wait) = state.limits.check(&principal.binding_key())
+        {
+            return rate_limited(&state, &principal, method, id.clone(), wait);
+        }
         is_initialize = envelope.method.as_deref() == Some("initialize");
         if is_initialize {
             initialize_params = envelope.params.clone();
         }
-        // 5. Scope step-up for calls, decided by the same policy the router applies.
+        // 6. Scope step-up for calls, decided by the same policy the router applies.
         if let Some(method) = envelope.method.as_deref()
             && let Some(missing) = state.gateway.preflight(&principal, method, envelope.params.as_ref())
         {
@@ -567,6 +583,33 @@ fn parse_envelope(bytes: &Bytes) -> Result<Envelope, Box<Response>> {
 fn json_rpc_error(status: StatusCode, code: i64, message: &str, id: Value) -> Response {
     let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// HTTP 429 for a request over its principal's budget, `wait` until the next one would be
+/// allowed: `Retry-After` in whole seconds (RFC 9110 §10.2.3; RFC 6585 §4) and a JSON-RPC
+/// error naming the wait. Counted in `portcullis_rate_limit_rejections_total` and as a
+/// `rate_limited` request; the access log records it. Not audited: it never reached the
+/// router (like a refused token).
+fn rate_limited(state: &AppState, principal: &auth::Principal, method: &str, id: Value, wait: std::time::Duration) -> Response {
+    let seconds = crate::limits::retry_after_seconds(wait);
+    // The method as a metric label: a known method name or `other`, never the client's text.
+    let method = method_label(method);
+    let metrics = &state.gateway.metrics;
+    metrics.record_rate_limit_rejection();
+    metrics.record_request(method, Outcome::RateLimited, std::time::Duration::ZERO);
+    AccessLog {
+        principal: Some(&principal.subject),
+        client_id: principal.client_id.as_deref(),
+        method,
+        target: None,
+        outcome: Outcome::RateLimited,
+        latency: std::time::Duration::ZERO,
+    }
+    .emit();
+    let message = format!("rate limit exceeded; retry after {seconds} s");
+    let mut response = json_rpc_error(StatusCode::TOO_MANY_REQUESTS, crate::limits::RATE_LIMITED, &message, id);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 fn unauthorized(settings: &Settings, error: auth::Error) -> Response {
