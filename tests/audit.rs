@@ -552,7 +552,10 @@ async fn dead_writer_refuses_calls_until_revived() {
     let settings = AuditSettings::from_config(&AuditConfig::default(), data_dir.path()).unwrap();
     let log = AuditLog::open(&settings, issuer(&data_dir)).await.unwrap();
     write(&log, 2).await;
+    let in_flight = log.intent(intent(40)).await.unwrap();
     log.abort_writer_for_tests().await;
+    // The call in flight ends while the writer is down: its outcome waits for the next writer.
+    in_flight.record(ok());
     let Err(error) = log.intent(intent(50)).await else { panic!("an intent was accepted with the writer dead") };
     assert_eq!(error.jsonrpc_code(), -32052);
     assert!(matches!(log.health(), Health::Unready { ref reason } if reason == portcullis::audit::WRITER_STOPPED), "{:?}", log.health());
@@ -561,5 +564,31 @@ async fn dead_writer_refuses_calls_until_revived() {
     assert_eq!(log.health(), Health::Ready);
     log.close(Duration::from_secs(5)).await;
     let db = Db { url: settings_url(&settings), postgres: false, _dir: tempfile::tempdir().unwrap() };
-    assert!(matches!(verify(&db, &data_dir).await, VerifyOutcome::Intact(r) if r.rows == 6), "chain broken after the restart");
+    // 4 + the in-flight call's intent and outcome + 2.
+    assert!(matches!(verify(&db, &data_dir).await, VerifyOutcome::Intact(r) if r.rows == 8), "chain broken or outcome lost across the restart");
+}
+
+/// An outcome queued with `record` (which wakes nobody) is committed on its own, without a
+/// flush or a later intent to carry it, within a bounded time (twice the 20 ms linger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_outcome_is_committed_without_a_later_intent() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = AuditSettings::from_config(&AuditConfig::default(), data_dir.path()).unwrap();
+    let log = AuditLog::open(&settings, issuer(&data_dir)).await.unwrap();
+    let handle = log.intent(intent(1)).await.unwrap();
+    handle.record(ok());
+    let reader = sqlx::SqlitePool::connect(&settings_url(&settings)).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut outcomes = 0i64;
+    while started.elapsed() < Duration::from_secs(2) {
+        outcomes = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE kind = 'outcome'").fetch_one(&reader).await.unwrap();
+        if outcomes == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(outcomes, 1, "outcome not committed within 2 s");
+    assert!(started.elapsed() < Duration::from_millis(500), "outcome took {:?}", started.elapsed());
+    reader.close().await;
+    log.close(Duration::from_secs(5)).await;
 }

@@ -221,6 +221,8 @@ struct Inner {
     tx: std::sync::RwLock<mpsc::UnboundedSender<Command>>,
     health: std::sync::RwLock<watch::Receiver<Health>>,
     pending: Arc<AtomicUsize>,
+    /// Outcomes queued without waking the writer, shared with every writer started.
+    quiet: Arc<writer::Quiet>,
     settings: AuditSettings,
     signer: Arc<EmbeddedIssuer>,
     /// Where the writer reports commit durations, once attached ([`AuditLog::attach_metrics`]).
@@ -272,13 +274,15 @@ impl AuditLog {
         }
         tracing::info!(store = %settings.display_url(), replica = %settings.replica_id, "audit log open");
         let pending = Arc::new(AtomicUsize::new(0));
+        let quiet = Arc::new(writer::Quiet::default());
         let metrics = Arc::new(std::sync::OnceLock::new());
-        let (tx, health, handle) = spawn_writer(sink, settings, signer.clone(), pending.clone(), metrics.clone())?;
+        let (tx, health, handle) = spawn_writer(sink, settings, signer.clone(), pending.clone(), quiet.clone(), metrics.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 tx: std::sync::RwLock::new(tx),
                 health: std::sync::RwLock::new(health),
                 pending,
+                quiet,
                 settings: settings.clone(),
                 signer,
                 metrics,
@@ -300,7 +304,7 @@ impl AuditLog {
         }
         let sink = sink(Store::connect(&self.inner.settings).await?, &self.inner.settings).await?;
         let (tx, health, handle) =
-            spawn_writer(sink, &self.inner.settings, self.inner.signer.clone(), self.inner.pending.clone(), self.inner.metrics.clone())?;
+            spawn_writer(sink, &self.inner.settings, self.inner.signer.clone(), self.inner.pending.clone(), self.inner.quiet.clone(), self.inner.metrics.clone())?;
         *self.inner.health.write().unwrap_or_else(std::sync::PoisonError::into_inner) = health;
         *self.inner.tx.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tx;
         *self.writer.lock().await = Some(handle);
@@ -348,6 +352,10 @@ impl AuditLog {
             ..Row::default()
         };
         template.issuer = row.issuer.clone();
+        // Counted open before the intent is sent: the writer, done with the commit, must
+        // already expect this handle's outcome when it decides how long to sleep. Uncounted
+        // again if no handle comes of it (refused, or this future dropped mid-way).
+        let opening = writer::Opening::new(self.inner.quiet.clone());
         let result = self.write_intent(row).await;
         let fail_open = self.inner.settings.failure_mode == FailureMode::FailOpen;
         let seq = match result {
@@ -358,6 +366,7 @@ impl AuditLog {
             }
             Err(error) => return Err(error),
         };
+        opening.handed_out();
         Ok(IntentHandle { inner: self.inner.clone(), template, started, seq, done: false })
     }
 
@@ -440,6 +449,7 @@ fn spawn_writer(
     settings: &AuditSettings,
     signer: Arc<EmbeddedIssuer>,
     pending: Arc<AtomicUsize>,
+    quiet: Arc<writer::Quiet>,
     metrics: Arc<std::sync::OnceLock<crate::telemetry::Metrics>>,
 ) -> Result<(mpsc::UnboundedSender<Command>, watch::Receiver<Health>, WriterHandle), Error> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -448,6 +458,7 @@ fn spawn_writer(
     let writer = Writer {
         sink,
         rx,
+        quiet,
         health: health_tx,
         signer,
         batch_max_rows: settings.batch_max_rows,
@@ -504,6 +515,7 @@ impl IntentHandle {
     /// background; `fail_open` returns `Ok`), [`Error::Closed`] when the writer stopped.
     pub async fn outcome(mut self, outcome: OutcomeRecord) -> Result<(), Error> {
         self.done = true;
+        self.inner.quiet.closed();
         let row = self.outcome_row(&outcome);
         let (reply, answer) = oneshot::channel();
         self.inner
@@ -520,19 +532,23 @@ impl IntentHandle {
     }
 
     /// Queues the outcome row without waiting for its commit: for a request path whose answer
-    /// need not wait for the outcome, without a task per request to await it. A failed write is
-    /// retried and logged by the writer, as for [`IntentHandle::outcome`]; if the writer has
-    /// stopped, this logs at `error` with the request id.
+    /// need not wait for the outcome, without a task per request to await it. The row goes to
+    /// the writer's quiet queue (committed with the next intent, or within twice
+    /// `OUTCOME_LINGER`, 20 ms, of arriving; `writer` module docs). A failed write is retried
+    /// and logged by the writer, as for [`IntentHandle::outcome`]; if the writer has stopped,
+    /// this logs at `error` with the request id, and a restarted writer still writes it.
     pub fn record(mut self, outcome: OutcomeRecord) {
         self.done = true;
         let row = self.outcome_row(&outcome);
         self.queue(row);
     }
 
-    /// Sends `row` to the writer without a reply.
+    /// Queues `row` for the writer without a reply and without waking it.
     fn queue(&self, row: Row) {
-        if self.inner.send(Command::Append { row: Box::new(row), reply: None, retry: true }).is_err() {
-            tracing::error!(request_id = %self.template.request_id, "audit writer stopped: outcome not recorded");
+        self.inner.quiet.push(Box::new(row));
+        self.inner.quiet.closed();
+        if self.inner.writer_stopped() {
+            tracing::error!(request_id = %self.template.request_id, "audit writer stopped: outcome queued until it is restarted");
         }
     }
 

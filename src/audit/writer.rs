@@ -10,6 +10,14 @@
 //! committed with it. At low concurrency that halves the commits (one fsync per call instead
 //! of two), and the next call's intent no longer queues behind the last call's outcome.
 //!
+//! Nor are they worth waking the writer for. Queued outcomes ([`super::IntentHandle::record`],
+//! and the `abandoned` one of a dropped handle) go to the [`Quiet`] queue, which the writer
+//! takes from whenever it wakes; a push wakes nobody. While intent handles are open the
+//! writer never sleeps longer than [`OUTCOME_LINGER`], so an outcome with no intent after it
+//! is committed within twice that. At one call at a time this saves the writer thread a wake
+//! and a sleep per call: on these VMs a context switch costs tens of microseconds of CPU, and
+//! the audit's share of a call's CPU is mostly switches (bench/RESULTS.md, seventh session).
+//!
 //! On PostgreSQL the writer is a task on the gateway's runtime: under load (the last commit
 //! carried [`BUSY_INTENTS`] intents or more) it yields to the runtime [`BUSY_YIELDS`] times
 //! before committing, so that rows of requests already running join this transaction rather
@@ -52,6 +60,78 @@ const BUSY_YIELDS: usize = 2;
 /// Idle time after which the store is probed with `SELECT 1`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Outcome rows queued without waking the writer (module docs), and the intent handles still
+/// open, whose outcomes are yet to come. Shared by the log and every writer it starts, so a
+/// restarted writer takes up what a stopped one left.
+#[derive(Default)]
+pub(crate) struct Quiet {
+    // Boxed: a row moves on into the writer's batch (`Item`) as the pointer it arrived as.
+    #[allow(clippy::vec_box)]
+    rows: std::sync::Mutex<Vec<Box<Row>>>,
+    open_handles: std::sync::atomic::AtomicUsize,
+}
+
+// === impl Quiet ===
+
+impl Quiet {
+    /// Queues an outcome row; wakes nobody.
+    pub(crate) fn push(&self, row: Box<Row>) {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(row);
+    }
+
+    /// An intent handle was handed out.
+    pub(crate) fn opened(&self) {
+        self.open_handles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// An intent handle's outcome was queued or sent.
+    pub(crate) fn closed(&self) {
+        self.open_handles.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether outcomes are queued or may still come.
+    fn expecting(&self) -> bool {
+        self.open_handles.load(std::sync::atomic::Ordering::Relaxed) > 0 || !self.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
+    }
+
+    /// Moves at most `room` queued rows, oldest first, into `batch`.
+    fn take_into(&self, batch: &mut Vec<Item>, room: usize) {
+        let mut rows = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let take = rows.len().min(room);
+        batch.extend(rows.drain(..take).map(|row| Item { row, reply: None, retry: true }));
+    }
+}
+
+/// An intent handle being made: counted open ([`Quiet::opened`]) from creation, and closed
+/// again on drop unless [`Opening::handed_out`] (the handle then closes it with its outcome).
+pub(crate) struct Opening(Option<Arc<Quiet>>);
+
+// === impl Opening ===
+
+impl Opening {
+    pub(crate) fn new(quiet: Arc<Quiet>) -> Self {
+        quiet.opened();
+        Self(Some(quiet))
+    }
+
+    /// The handle exists: its outcome closes the count.
+    pub(crate) fn handed_out(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(quiet) = self.0.take() {
+            quiet.closed();
+        }
+    }
+}
+
 /// A message to the writer.
 pub(crate) enum Command {
     /// Append a row; answer on `reply` once committed (or failed).
@@ -72,6 +152,8 @@ pub(crate) enum Sink {
 pub(crate) struct Writer {
     pub(crate) sink: Sink,
     pub(crate) rx: mpsc::UnboundedReceiver<Command>,
+    /// Outcomes queued without a wake-up.
+    pub(crate) quiet: Arc<Quiet>,
     pub(crate) health: watch::Sender<Health>,
     pub(crate) signer: Arc<EmbeddedIssuer>,
     pub(crate) batch_max_rows: usize,
@@ -139,16 +221,18 @@ impl Writer {
         let mut held: Vec<Item> = Vec::new();
         let mut held_since = Instant::now();
         let mut last_intents = 0usize;
-        while !closed || !retry.is_empty() || !held.is_empty() {
+        while !closed || !retry.is_empty() || !held.is_empty() || !self.quiet.is_empty() {
             let holding = !held.is_empty();
             let mut batch: Vec<Item> = std::mem::take(&mut held);
             let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
             let wait = if !batch.is_empty() {
                 OUTCOME_LINGER.saturating_sub(held_since.elapsed())
-            } else if retry.is_empty() {
-                Duration::from_secs(1)
-            } else {
+            } else if !retry.is_empty() {
                 RETRY_BACKOFF
+            } else if self.quiet.expecting() {
+                OUTCOME_LINGER
+            } else {
+                Duration::from_secs(1)
             };
             if !closed {
                 tokio::select! {
@@ -158,7 +242,7 @@ impl Writer {
                     },
                     () = tokio::time::sleep(wait) => {}
                 }
-            } else {
+            } else if !retry.is_empty() {
                 tokio::time::sleep(RETRY_BACKOFF).await;
             }
             self.drain(&mut batch, &mut flushes);
@@ -220,6 +304,8 @@ impl Writer {
         }
     }
 
+    /// Takes what is queued, up to `batch_max_rows`: the channel's commands, then the quiet
+    /// queue's outcomes.
     fn drain(&mut self, batch: &mut Vec<Item>, flushes: &mut Vec<oneshot::Sender<()>>) {
         while batch.len() < self.batch_max_rows {
             match self.rx.try_recv() {
@@ -227,6 +313,7 @@ impl Writer {
                 Err(_) => break,
             }
         }
+        self.quiet.take_into(batch, self.batch_max_rows.saturating_sub(batch.len()));
     }
 
     /// Commits `batch`, answers its waiters, and returns how many intents it carried.
