@@ -11,7 +11,7 @@
 //!
 //! Beyond gitleaks: the rules that find a free-form value by the name it is assigned to
 //! ([`KEYWORD_RULES`]) drop values that are not secrets by form (templates, variables,
-//! sequences, derived UUIDs; see [`heuristic`](super::heuristic)), as the scrubber's own keyword
+//! sequences, derived UUIDs; see [`heuristic`]), as the scrubber's own keyword
 //! rules do. Provider rules with a fixed token format are left as gitleaks has them.
 //!
 //! Go's RE2 classes `\w`, `\d` and `\s` are ASCII-only; they are rewritten to explicit ASCII
