@@ -90,13 +90,14 @@ impl RateLimits {
         self.limiter.is_some()
     }
 
-    /// Takes one request from `principal_key`'s budget (`Principal::binding_key`).
+    /// Takes one request from `principal_key`'s budget (`Principal::binding_key`; owned,
+    /// because a new principal's key is stored).
     ///
     /// # Errors
     /// The time until the next request would be allowed, when the budget is spent.
-    pub fn check(&self, principal_key: &str) -> Result<(), Duration> {
+    pub fn check(&self, principal_key: String) -> Result<(), Duration> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
-        limiter.check_key(&principal_key.to_owned()).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        limiter.check_key(&principal_key).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Forgets principals whose budget is full again (called by the transport's sweeper), so

@@ -15,7 +15,7 @@ fn off_by_default_and_never_refuses() {
     let limits = RateLimits::new(&LimitsConfig::default());
     assert!(!limits.enabled());
     for _ in 0..10_000 {
-        limits.check("iss\u{1f}alice").unwrap();
+        limits.check("iss\u{1f}alice".to_owned()).unwrap();
     }
     assert!(limits.is_empty(), "nothing is kept while the limits are off");
 }
@@ -26,9 +26,9 @@ fn burst_is_allowed_then_refused_with_the_wait() {
     let limits = limits(1, Some(3));
     assert!(limits.enabled());
     for _ in 0..3 {
-        limits.check("iss\u{1f}alice").unwrap();
+        limits.check("iss\u{1f}alice".to_owned()).unwrap();
     }
-    let wait = limits.check("iss\u{1f}alice").unwrap_err();
+    let wait = limits.check("iss\u{1f}alice".to_owned()).unwrap_err();
     assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
     assert_eq!(retry_after_seconds(wait), 1);
 }
@@ -36,11 +36,11 @@ fn burst_is_allowed_then_refused_with_the_wait() {
 #[test]
 fn principals_have_budgets_of_their_own() {
     let limits = limits(1, None);
-    limits.check("iss\u{1f}alice").unwrap();
-    assert!(limits.check("iss\u{1f}alice").is_err());
+    limits.check("iss\u{1f}alice".to_owned()).unwrap();
+    assert!(limits.check("iss\u{1f}alice".to_owned()).is_err());
     // Another subject, and the same subject from another issuer, are not affected.
-    limits.check("iss\u{1f}bob").unwrap();
-    limits.check("other\u{1f}alice").unwrap();
+    limits.check("iss\u{1f}bob".to_owned()).unwrap();
+    limits.check("other\u{1f}alice".to_owned()).unwrap();
     assert_eq!(limits.len(), 3);
 }
 
@@ -48,10 +48,10 @@ fn principals_have_budgets_of_their_own() {
 fn budget_refills_and_idle_principals_are_forgotten() {
     // 1000/s with a burst of 1: the budget is full again after 1 ms.
     let limits = limits(1000, Some(1));
-    limits.check("iss\u{1f}alice").unwrap();
-    assert!(limits.check("iss\u{1f}alice").is_err());
+    limits.check("iss\u{1f}alice".to_owned()).unwrap();
+    assert!(limits.check("iss\u{1f}alice".to_owned()).is_err());
     std::thread::sleep(Duration::from_millis(5));
-    limits.check("iss\u{1f}alice").unwrap();
+    limits.check("iss\u{1f}alice".to_owned()).unwrap();
     std::thread::sleep(Duration::from_millis(5));
     limits.retain_recent();
     assert!(limits.is_empty(), "a principal whose budget is full again is dropped");

@@ -237,7 +237,7 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
         // 5. Rate limit: JSON-RPC requests only (module docs of `crate::limits`).
         if state.limits.enabled()
             && let (Some(method), Some(id)) = (envelope.method.as_deref(), envelope.id.as_ref())
-            && let Err(wait) = state.limits.check(&principal.binding_key())
+            && let Err(wait) = state.limits.check(principal.binding_key())
         {
             return rate_limited(&state, &principal, method, id.clone(), wait);
         }
