@@ -154,6 +154,8 @@ pub(crate) enum Payload {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Probe {
     pub(crate) hop: u64,
+    /// Context switches of the hop's threads ([`procs::context_switches`]).
+    pub(crate) hop_switches: u64,
     pub(crate) upstream: u64,
     pub(crate) loadgen: u64,
     pub(crate) machine: MachineCpu,
@@ -164,6 +166,7 @@ pub(crate) struct Row {
     pub(crate) stats: load::Stats,
     pub(crate) window: Duration,
     pub(crate) hop_ticks: u64,
+    pub(crate) hop_switches: u64,
     pub(crate) upstream_ticks: u64,
     pub(crate) loadgen_ticks: u64,
     pub(crate) machine_busy: u64,
@@ -233,12 +236,13 @@ impl Payload {
 
 impl Row {
     fn new() -> Self {
-        Self { stats: load::Stats::new(), window: Duration::ZERO, hop_ticks: 0, upstream_ticks: 0, loadgen_ticks: 0, machine_busy: 0, machine_total: 0 }
+        Self { stats: load::Stats::new(), window: Duration::ZERO, hop_ticks: 0, hop_switches: 0, upstream_ticks: 0, loadgen_ticks: 0, machine_busy: 0, machine_total: 0 }
     }
 
     fn add(&mut self, cell: load::Cell<Probe>) {
         self.window += cell.window;
         self.hop_ticks += cell.after.hop.saturating_sub(cell.before.hop);
+        self.hop_switches += cell.after.hop_switches.saturating_sub(cell.before.hop_switches);
         self.upstream_ticks += cell.after.upstream.saturating_sub(cell.before.upstream);
         self.loadgen_ticks += cell.after.loadgen.saturating_sub(cell.before.loadgen);
         self.machine_busy += cell.after.machine.busy.saturating_sub(cell.before.machine.busy);
@@ -399,6 +403,7 @@ async fn matrix(args: &Args, workdir: &Path, fixture: &Fixture, [secured, open, 
                     let target = &targets[&key];
                     let probe = || Probe {
                         hop: target.hop_pids.iter().map(|pid| procs::cpu_ticks(*pid)).sum(),
+                        hop_switches: target.hop_pids.iter().map(|pid| procs::context_switches(*pid)).sum(),
                         upstream: procs::cpu_ticks(upstream_pid),
                         loadgen: procs::cpu_ticks(own_pid),
                         machine: procs::machine_cpu(),

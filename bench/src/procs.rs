@@ -357,6 +357,24 @@ pub(crate) fn cpu_ticks(pid: u32) -> u64 {
     stat_fields(pid).map_or(0, |f| f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
 }
 
+/// Context switches of `pid` so far, voluntary and not, summed over its live threads
+/// (`/proc/PID/task/*/status`); 0 if it is gone. A thread that exited takes its count with
+/// it, so a window's difference can only undercount.
+pub(crate) fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|line| line.starts_with("voluntary_ctxt_switches:") || line.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|line| line.split_ascii_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// A `/proc/PID/status` memory line (`VmRSS`, `VmHWM`) in KiB.
 pub(crate) fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -132,14 +132,19 @@ pub(crate) fn render(args: &Args, machine: &Machine, results: &Results) -> Strin
 
 fn cells(w: &mut String, machine: &Machine, results: &Results) {
     let _ = writeln!(w, "### Throughput and latency\n");
-    let _ = writeln!(w, "Hop CPU: the gateway process (or nginx master + worker) per request; upstream: the fixture; load generator: this harness. Other load: CPU used by processes outside the benchmark, in % of the whole machine.\n");
-    let _ = writeln!(w, "| payload | c | set-up | req/s | p50 ms | p99 ms | p99.9 ms | errors | hop CPU µs/req | upstream CPU µs/req | loadgen CPU µs/req | other load % |");
-    let _ = writeln!(w, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(w, "Hop CPU: the gateway process (or nginx master + worker) per request; hop switches: its threads' context switches per request (`/proc/PID/task/*/status`; on these VMs each costs tens of µs of CPU); upstream: the fixture; load generator: this harness. Other load: CPU used by processes outside the benchmark, in % of the whole machine.\n");
+    let _ = writeln!(w, "| payload | c | set-up | req/s | p50 ms | p99 ms | p99.9 ms | errors | hop CPU µs/req | hop switches/req | upstream CPU µs/req | loadgen CPU µs/req | other load % |");
+    let _ = writeln!(w, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for ((payload, concurrency, key), row) in &results.rows {
         let hop = if *key == SetupKey::A { "–".to_owned() } else { micros_per_request(row.hop_ticks, machine.clock_ticks, row.stats.requests) };
+        let switches = if *key == SetupKey::A || row.stats.requests == 0 {
+            "–".to_owned()
+        } else {
+            format!("{:.2}", row.hop_switches as f64 / row.stats.requests as f64)
+        };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {:.0} |",
             payload.label(),
             concurrency,
             key.label(),
@@ -149,6 +154,7 @@ fn cells(w: &mut String, machine: &Machine, results: &Results) {
             row.stats.quantile_ms(0.999),
             row.stats.errors,
             hop,
+            switches,
             micros_per_request(row.upstream_ticks, machine.clock_ticks, row.stats.requests),
             micros_per_request(row.loadgen_ticks, machine.clock_ticks, row.stats.requests),
             other_load(row),
