@@ -592,3 +592,72 @@ async fn queued_outcome_is_committed_without_a_later_intent() {
     reader.close().await;
     log.close(Duration::from_secs(5)).await;
 }
+
+/// The count of `portcullis_audit_commit_duration_seconds{committer}` in `metrics`.
+fn commits_by(metrics: &portcullis::telemetry::Metrics, committer: &str) -> f64 {
+    let series = format!("portcullis_audit_commit_duration_seconds_count{{committer=\"{committer}\"}} ");
+    metrics.render().lines().find_map(|l| l.strip_prefix(series.as_str())?.parse().ok()).unwrap_or(0.0)
+}
+
+/// SQLite group-commit leaders (`audit::writer` module docs): at one call at a time each
+/// request commits its own intent (the first waits for the writer, which learns the chain head),
+/// taking the previous call's queued outcome with it; the chain is intact. With
+/// `sqlite_leader_commit = false` the writer commits everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_calls_commit_their_own_intents() {
+    for leaders in [true, false] {
+        let data_dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig { sqlite_leader_commit: leaders, checkpoint_interval: Duration::from_secs(3600), ..AuditConfig::default() };
+        let settings = AuditSettings::from_config(&config, data_dir.path()).unwrap();
+        let log = AuditLog::open(&settings, issuer(&data_dir)).await.unwrap();
+        let metrics = portcullis::telemetry::Metrics::new();
+        log.attach_metrics(metrics.clone());
+        for i in 0..20 {
+            let handle = log.intent(intent(i)).await.unwrap();
+            assert!(handle.seq().is_some());
+            handle.record(ok());
+        }
+        let (led, written) = (commits_by(&metrics, "leader"), commits_by(&metrics, "writer"));
+        if leaders {
+            // 19 unless the writer woke for an overdue outcome at the moment a call tried to lead.
+            assert!(led >= 15.0 && written >= 1.0, "leader {led}, writer {written}");
+        } else {
+            assert!(led == 0.0 && written >= 1.0, "leader {led}, writer {written}");
+        }
+        log.close(Duration::from_secs(5)).await;
+        let db = Db { url: settings_url(&settings), postgres: false, _dir: tempfile::tempdir().unwrap() };
+        assert!(matches!(verify(&db, &data_dir).await, VerifyOutcome::Intact(r) if r.rows == 40), "leaders {leaders}: chain broken or rows lost");
+    }
+}
+
+/// A leader whose INSERT is refused (here: another writer on the same file moved the chain
+/// head) hands its intent to the writer and puts the outcomes it took back: the call succeeds
+/// on the real head and no row is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_leader_hands_its_rows_to_the_writer() {
+    let db = sqlite().await;
+    let keys = tempfile::tempdir().unwrap();
+    let first = AuditLog::open(&settings(&db, FailureMode::FailClosed), issuer(&keys)).await.unwrap();
+    let second = AuditLog::open(&settings(&db, FailureMode::FailClosed), issuer(&keys)).await.unwrap();
+    // `first` learns the head (seq 1) and queues an outcome; `second` appends past it.
+    let handle = first.intent(intent(0)).await.unwrap();
+    assert_eq!(handle.seq(), Some(1));
+    handle.record(ok());
+    let other = second.intent(intent(1)).await.unwrap();
+    // `first` leads on a stale head: refused, and the writer commits on the real one.
+    let handle = first.intent(intent(2)).await.unwrap();
+    assert!(handle.seq().is_some_and(|seq| seq >= 3), "{:?}", handle.seq());
+    handle.record(ok());
+    other.record(ok());
+    first.close(Duration::from_secs(5)).await;
+    second.close(Duration::from_secs(5)).await;
+    match verify(&db, &keys).await {
+        VerifyOutcome::Intact(report) => assert_eq!(report.rows, 6, "rows lost or duplicated"),
+        VerifyOutcome::Broken(broken) => panic!("{broken}"),
+    }
+    let reader = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+    let outcomes: Vec<String> =
+        sqlx::query_scalar("SELECT request_id FROM audit_log WHERE kind = 'outcome' ORDER BY request_id").fetch_all(&reader).await.unwrap();
+    assert_eq!(outcomes, ["req-0", "req-1", "req-2"]);
+    reader.close().await;
+}

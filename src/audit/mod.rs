@@ -223,6 +223,9 @@ struct Inner {
     pending: Arc<AtomicUsize>,
     /// Outcomes queued without waking the writer, shared with every writer started.
     quiet: Arc<writer::Quiet>,
+    /// The running SQLite writer's connection, for group-commit leaders (`writer` module
+    /// docs); `None` on PostgreSQL or when leaders are off. Replaced with the writer.
+    lead: std::sync::RwLock<Option<Arc<writer::Lead>>>,
     settings: AuditSettings,
     signer: Arc<EmbeddedIssuer>,
     /// Where the writer reports commit durations, once attached ([`AuditLog::attach_metrics`]).
@@ -234,6 +237,13 @@ struct Inner {
 impl Inner {
     fn send(&self, command: Command) -> Result<(), mpsc::error::SendError<Command>> {
         self.tx.read().unwrap_or_else(std::sync::PoisonError::into_inner).send(command)
+    }
+
+    /// The connection a leader may commit on: none while the writer is stopped (calls are
+    /// then refused, as without leaders).
+    fn leader(&self) -> Option<Arc<writer::Lead>> {
+        let lead = self.lead.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()?;
+        (!self.writer_stopped()).then_some(lead)
     }
 
     fn writer_stopped(&self) -> bool {
@@ -276,13 +286,14 @@ impl AuditLog {
         let pending = Arc::new(AtomicUsize::new(0));
         let quiet = Arc::new(writer::Quiet::default());
         let metrics = Arc::new(std::sync::OnceLock::new());
-        let (tx, health, handle) = spawn_writer(sink, settings, signer.clone(), pending.clone(), quiet.clone(), metrics.clone())?;
+        let (tx, health, handle, lead) = spawn_writer(sink, settings, signer.clone(), pending.clone(), quiet.clone(), metrics.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 tx: std::sync::RwLock::new(tx),
                 health: std::sync::RwLock::new(health),
                 pending,
                 quiet,
+                lead: std::sync::RwLock::new(lead),
                 settings: settings.clone(),
                 signer,
                 metrics,
@@ -303,9 +314,10 @@ impl AuditLog {
             return Ok(false);
         }
         let sink = sink(Store::connect(&self.inner.settings).await?, &self.inner.settings).await?;
-        let (tx, health, handle) =
+        let (tx, health, handle, lead) =
             spawn_writer(sink, &self.inner.settings, self.inner.signer.clone(), self.inner.pending.clone(), self.inner.quiet.clone(), self.inner.metrics.clone())?;
         *self.inner.health.write().unwrap_or_else(std::sync::PoisonError::into_inner) = health;
+        *self.inner.lead.write().unwrap_or_else(std::sync::PoisonError::into_inner) = lead;
         *self.inner.tx.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tx;
         *self.writer.lock().await = Some(handle);
         tracing::warn!("audit writer restarted");
@@ -376,8 +388,20 @@ impl AuditLog {
             self.inner.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::Overloaded { pending });
         }
+        let mut row = Box::new(row);
+        // No other intent pending: lead, i.e. commit it here, if this is the only call in
+        // flight (`writer` module docs).
+        if pending == 0 && let Some(lead) = self.inner.leader() {
+            match lead.try_commit(row, &self.inner.quiet, &self.inner.metrics) {
+                Ok(seq) => {
+                    self.inner.pending.fetch_sub(1, Ordering::Relaxed);
+                    return Ok(seq);
+                }
+                Err(back) => row = back,
+            }
+        }
         let (reply, answer) = oneshot::channel();
-        if self.inner.send(Command::Append { row: Box::new(row), reply: Some(reply), retry: false }).is_err() {
+        if self.inner.send(Command::Append { row, reply: Some(reply), retry: false }).is_err() {
             self.inner.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::Closed);
         }
@@ -430,20 +454,22 @@ pub const WRITER_STOPPED: &str = "audit writer stopped";
 /// closes it and opens the writer's own connection.
 async fn sink(store: Store, settings: &AuditSettings) -> Result<Sink, Error> {
     match store {
-        Store::Postgres(pool) => Ok(Sink::Postgres(pool)),
+        Store::Postgres(pool) => Ok(Sink::Postgres { pool, head: None }),
         store @ Store::Sqlite(_) => {
             store.close().await;
-            Ok(Sink::Sqlite(sqlite::SqliteAppender::open(settings)?))
+            Ok(Sink::Sqlite(Arc::new(writer::Lead::new(sqlite::SqliteAppender::open(settings)?))))
         }
     }
 }
 
 /// Starts a writer over `sink` — on PostgreSQL a task on the current runtime, on SQLite a
 /// thread of its own (`portcullis-audit`, with a current-thread runtime for its timers: each
-/// append blocks it); returns its queue, health and handle.
+/// append blocks it); returns its queue, health and handle, and on SQLite with
+/// `sqlite_leader_commit` on and no `batch_linger` the connection leaders may commit on.
 ///
 /// # Errors
 /// [`Error::Io`] when the thread cannot be started.
+#[allow(clippy::type_complexity)]
 fn spawn_writer(
     sink: Sink,
     settings: &AuditSettings,
@@ -451,9 +477,13 @@ fn spawn_writer(
     pending: Arc<AtomicUsize>,
     quiet: Arc<writer::Quiet>,
     metrics: Arc<std::sync::OnceLock<crate::telemetry::Metrics>>,
-) -> Result<(mpsc::UnboundedSender<Command>, watch::Receiver<Health>, WriterHandle), Error> {
+) -> Result<(mpsc::UnboundedSender<Command>, watch::Receiver<Health>, WriterHandle, Option<Arc<writer::Lead>>), Error> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (health_tx, health) = watch::channel(Health::Ready);
+    let lead = match &sink {
+        Sink::Sqlite(lead) if settings.sqlite_leader_commit && settings.batch_linger.is_zero() => Some(lead.clone()),
+        _ => None,
+    };
     let own_thread = matches!(sink, Sink::Sqlite(_));
     let writer = Writer {
         sink,
@@ -468,7 +498,6 @@ fn spawn_writer(
         replica: settings.replica_id.clone(),
         pending,
         metrics,
-        head: None,
     };
     let (run, abort) = futures::future::abortable(writer.run());
     // Dropped when the writer ends, however it ends.
@@ -485,7 +514,7 @@ fn spawn_writer(
             let _ = run.await;
         });
     }
-    Ok((tx, health, WriterHandle { abort, ended }))
+    Ok((tx, health, WriterHandle { abort, ended }, lead))
 }
 
 /// Connects to the store of `settings` and applies the embedded migrations (for

@@ -103,6 +103,24 @@ impl SqliteAppender {
         self.append_locked(rows, replica, checkpoint)
     }
 
+    /// The leader's append ([`super::writer::Lead`]): `rows` (1 to [`INSERT_CHUNK`]) in one
+    /// INSERT in autocommit sealed onto `head`, without waiting for a lock held by another
+    /// process and without the locked fall-back: a leader runs on a request's worker thread,
+    /// and whatever it cannot do at once the writer thread does.
+    ///
+    /// # Errors
+    /// [`Error::Sqlite`] when the INSERT is refused (the head moved, the file is locked) or
+    /// fails; nothing is then written, and the rows are sealed again by whoever
+    /// appends them next.
+    pub(crate) fn append_on_head(&mut self, rows: &mut [Row], head: &(i64, String)) -> Result<Appended, Error> {
+        let sealed = seal_onto(rows, head.clone(), false);
+        self.conn.busy_timeout(Duration::ZERO)?;
+        let inserted = insert(&self.conn, rows);
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        inserted?;
+        Ok(Appended { seqs: sealed.seqs, head: sealed.head, checkpoint: None })
+    }
+
     fn append_locked(&mut self, rows: &mut [Row], replica: &str, checkpoint: Option<Sign<'_>>) -> Result<Appended, Error> {
         // Dropped without `commit`, the transaction rolls back.
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

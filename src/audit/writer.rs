@@ -18,6 +18,18 @@
 //! and a sleep per call: on these VMs a context switch costs tens of microseconds of CPU, and
 //! the audit's share of a call's CPU is mostly switches (bench/RESULTS.md, seventh session).
 //!
+//! On SQLite a request may commit its own intent: the **group-commit leader**. When it is the
+//! only call in flight and the connection is free ([`Lead::try_commit`]), the request's own
+//! thread appends the intent, after the queued outcomes, in one autocommit INSERT. That saves
+//! the trip to the writer thread and back: a wake of the writer, a park and wake of the
+//! request's worker, and the writer's sleep (bench/RESULTS.md, eighth session: at one call at
+//! a time 11.7 → 8.7 context switches per call). With more calls in flight the writer thread
+//! batches intents as before. A leader never waits: a busy connection, an unknown head or a
+//! failed INSERT hands the rows to the writer, which commits them (or reports the failure) as
+//! usual. The cost is a runtime worker blocked for one commit;
+//! `audit.sqlite_leader_commit = false` turns leaders off, and they are off while
+//! `batch_linger` is set.
+//!
 //! On PostgreSQL the writer is a task on the gateway's runtime: under load (the last commit
 //! carried [`BUSY_INTENTS`] intents or more) it yields to the runtime [`BUSY_YIELDS`] times
 //! before committing, so that rows of requests already running join this transaction rather
@@ -43,9 +55,9 @@ use super::{
     Error, Health,
     row::Row,
     sqlite::SqliteAppender,
-    store::{Appended, Sign, append_postgres},
+    store::{Appended, INSERT_CHUNK, Sign, append_postgres},
 };
-use crate::auth::issuer::EmbeddedIssuer;
+use crate::{auth::issuer::EmbeddedIssuer, telemetry::AuditCommitter};
 
 /// Outcomes kept for retry at most.
 const RETRY_CAPACITY: usize = 100_000;
@@ -60,14 +72,13 @@ const BUSY_YIELDS: usize = 2;
 /// Idle time after which the store is probed with `SELECT 1`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Outcome rows queued without waking the writer (module docs), and the intent handles still
-/// open, whose outcomes are yet to come. Shared by the log and every writer it starts, so a
-/// restarted writer takes up what a stopped one left.
+/// Outcome rows queued without waking the writer (module docs), each with the time it was
+/// queued, and the intent handles still open, whose outcomes are yet to come. Shared by the log
+/// and every writer it starts, so a restarted writer takes up what a stopped one left.
 #[derive(Default)]
 pub(crate) struct Quiet {
     // Boxed: a row moves on into the writer's batch (`Item`) as the pointer it arrived as.
-    #[allow(clippy::vec_box)]
-    rows: std::sync::Mutex<Vec<Box<Row>>>,
+    rows: std::sync::Mutex<Vec<(Instant, Box<Row>)>>,
     open_handles: std::sync::atomic::AtomicUsize,
 }
 
@@ -76,7 +87,7 @@ pub(crate) struct Quiet {
 impl Quiet {
     /// Queues an outcome row; wakes nobody.
     pub(crate) fn push(&self, row: Box<Row>) {
-        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(row);
+        self.lock().push((Instant::now(), row));
     }
 
     /// An intent handle was handed out.
@@ -89,20 +100,53 @@ impl Quiet {
         self.open_handles.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, Box<Row>)>> {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether outcomes are queued or may still come.
     fn expecting(&self) -> bool {
         self.open_handles.load(std::sync::atomic::Ordering::Relaxed) > 0 || !self.is_empty()
     }
 
     fn is_empty(&self) -> bool {
-        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
+        self.lock().is_empty()
     }
 
-    /// Moves at most `room` queued rows, oldest first, into `batch`.
-    fn take_into(&self, batch: &mut Vec<Item>, room: usize) {
-        let mut rows = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// When the oldest queued row was queued.
+    fn oldest(&self) -> Option<Instant> {
+        self.lock().first().map(|(queued, _)| *queued)
+    }
+
+    /// Whether the oldest queued row has waited [`OUTCOME_LINGER`] for an intent to share a
+    /// commit with.
+    fn overdue(&self) -> bool {
+        self.oldest().is_some_and(|queued| queued.elapsed() >= OUTCOME_LINGER)
+    }
+
+    /// Moves at most `room` queued rows, oldest first, into `batch`; returns how many.
+    fn take_into(&self, batch: &mut Vec<Item>, room: usize) -> usize {
+        let mut rows = self.lock();
         let take = rows.len().min(room);
-        batch.extend(rows.drain(..take).map(|row| Item { row, reply: None, retry: true }));
+        batch.extend(rows.drain(..take).map(|(_, row)| Item { row, reply: None, retry: true }));
+        take
+    }
+
+    /// Takes at most `room` queued rows, oldest first (a leader's).
+    fn take_rows(&self, room: usize) -> Vec<Row> {
+        let mut rows = self.lock();
+        let take = rows.len().min(room);
+        rows.drain(..take).map(|(_, row)| *row).collect()
+    }
+
+    /// Puts rows a leader could not commit back at the head of the queue, overdue: the writer
+    /// takes them at its next wake.
+    fn put_back(&self, taken: Vec<Row>) {
+        let overdue = Instant::now().checked_sub(OUTCOME_LINGER).unwrap_or_else(Instant::now);
+        let mut rows = self.lock();
+        let later = std::mem::take(&mut *rows);
+        rows.extend(taken.into_iter().map(|row| (overdue, Box::new(row))));
+        rows.extend(later);
     }
 }
 
@@ -132,6 +176,84 @@ impl Drop for Opening {
     }
 }
 
+/// The SQLite connection and the chain head, shared by the writer thread and group-commit
+/// leaders (module docs): whoever holds the lock appends, and the head it leaves is where the
+/// next append seals onto.
+pub(crate) struct Lead {
+    shared: std::sync::Mutex<Appender>,
+}
+
+/// What [`Lead`]'s lock guards.
+struct Appender {
+    sqlite: SqliteAppender,
+    /// The chain head last committed through this connection, `(seq, row_hash)`; `None` until
+    /// the first commit and after a failed one (then the writer re-reads it).
+    head: Option<(i64, String)>,
+}
+
+// === impl Lead ===
+
+impl Lead {
+    pub(crate) fn new(sqlite: SqliteAppender) -> Self {
+        Self { shared: std::sync::Mutex::new(Appender { sqlite, head: None }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Appender> {
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Commits `intent`, after the outcomes queued in `quiet`, on the calling thread, if it is
+    /// the only call in flight (the only intent handle open or being made; the caller checks
+    /// that no other intent is pending), the connection is free at once and the head is
+    /// known; returns the intent's
+    /// `seq`. Otherwise, or when the INSERT fails, gives the intent back for the writer (and
+    /// the outcomes back to `quiet`): the writer then does what it always does, including the
+    /// error handling. Blocks the caller for one commit (an fsync with `synchronous=FULL`).
+    ///
+    /// Why only one call: with more in flight the writer's batches share a commit among
+    /// several calls, and a leader (one call per commit, a runtime worker blocked meanwhile)
+    /// costs more than it saves (bench/RESULTS.md, eighth session).
+    pub(crate) fn try_commit(
+        &self,
+        intent: Box<Row>,
+        quiet: &Quiet,
+        metrics: &std::sync::OnceLock<crate::telemetry::Metrics>,
+    ) -> Result<i64, Box<Row>> {
+        if quiet.open_handles.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+            return Err(intent);
+        }
+        let mut guard = match self.shared.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => return Err(intent),
+        };
+        let appender = &mut *guard;
+        let Some(head) = &appender.head else { return Err(intent) };
+        let mut rows = quiet.take_rows(INSERT_CHUNK - 1);
+        rows.push(*intent);
+        let started = std::time::Instant::now();
+        let result = appender.sqlite.append_on_head(&mut rows, head);
+        if let Some(metrics) = metrics.get() {
+            metrics.record_audit_commit(AuditCommitter::Leader, started.elapsed());
+        }
+        match result {
+            Ok(appended) => {
+                let seq = appended.head.0;
+                appender.head = Some(appended.head);
+                Ok(seq)
+            }
+            Err(error) => {
+                // The writer re-reads the head before it appends again.
+                appender.head = None;
+                tracing::debug!(%error, "audit append by a leader refused; handing the rows to the writer");
+                // The intent is the last row: pushed above.
+                let intent = rows.pop().unwrap_or_default();
+                quiet.put_back(rows);
+                Err(Box::new(intent))
+            }
+        }
+    }
+}
+
 /// A message to the writer.
 pub(crate) enum Command {
     /// Append a row; answer on `reply` once committed (or failed).
@@ -142,11 +264,12 @@ pub(crate) enum Command {
 
 /// Where the writer appends.
 pub(crate) enum Sink {
-    /// SQLite: the writer thread's own connection (the writer must run on a thread of its own:
+    /// SQLite: the connection shared with leaders (the writer must run on a thread of its own:
     /// every append blocks it).
-    Sqlite(SqliteAppender),
-    /// PostgreSQL: the pool, used from a task on the gateway's runtime.
-    Postgres(sqlx::PgPool),
+    Sqlite(Arc<Lead>),
+    /// PostgreSQL: the pool, used from a task on the gateway's runtime, and the chain head
+    /// this writer last committed (`None` until the first commit and after a failed one).
+    Postgres { pool: sqlx::PgPool, head: Option<(i64, String)> },
 }
 
 pub(crate) struct Writer {
@@ -164,9 +287,6 @@ pub(crate) struct Writer {
     pub(crate) pending: Arc<std::sync::atomic::AtomicUsize>,
     /// Receives each append's duration once the gateway attached its metrics.
     pub(crate) metrics: Arc<std::sync::OnceLock<crate::telemetry::Metrics>>,
-    /// The chain head this writer last committed, `(seq, row_hash)`; `None` until the first
-    /// commit and after a failed one.
-    pub(crate) head: Option<(i64, String)>,
 }
 
 struct Item {
@@ -178,23 +298,29 @@ struct Item {
 // === impl Sink ===
 
 impl Sink {
-    async fn append(
-        &mut self,
-        rows: &mut [Row],
-        replica: &str,
-        checkpoint: Option<Sign<'_>>,
-        known_head: Option<&(i64, String)>,
-    ) -> Result<Appended, Error> {
+    /// Appends `rows` onto the chain head this sink last committed (read from the store when
+    /// unknown), and remembers the new head; forgets it on failure.
+    async fn append(&mut self, rows: &mut [Row], replica: &str, checkpoint: Option<Sign<'_>>) -> Result<Appended, Error> {
         match self {
-            Self::Sqlite(appender) => appender.append(rows, replica, checkpoint, known_head),
-            Self::Postgres(pool) => append_postgres(pool, rows, replica, checkpoint, known_head).await,
+            Self::Sqlite(lead) => {
+                let mut guard = lead.lock();
+                let appender = &mut *guard;
+                let result = appender.sqlite.append(rows, replica, checkpoint, appender.head.as_ref());
+                appender.head = result.as_ref().ok().map(|appended| appended.head.clone());
+                result
+            }
+            Self::Postgres { pool, head } => {
+                let result = append_postgres(pool, rows, replica, checkpoint, head.as_ref()).await;
+                *head = result.as_ref().ok().map(|appended| appended.head.clone());
+                result
+            }
         }
     }
 
     async fn ping(&mut self) -> Result<(), Error> {
         match self {
-            Self::Sqlite(appender) => appender.ping(),
-            Self::Postgres(pool) => {
+            Self::Sqlite(lead) => lead.lock().sqlite.ping(),
+            Self::Postgres { pool, .. } => {
                 sqlx::query("SELECT 1").execute(&*pool).await?;
                 Ok(())
             }
@@ -203,8 +329,8 @@ impl Sink {
 
     async fn close(self) {
         match self {
-            Self::Sqlite(appender) => drop(appender),
-            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(lead) => drop(lead),
+            Self::Postgres { pool, .. } => pool.close().await,
         }
     }
 }
@@ -229,6 +355,8 @@ impl Writer {
                 OUTCOME_LINGER.saturating_sub(held_since.elapsed())
             } else if !retry.is_empty() {
                 RETRY_BACKOFF
+            } else if let Some(queued) = self.quiet.oldest() {
+                OUTCOME_LINGER.saturating_sub(queued.elapsed())
             } else if self.quiet.expecting() {
                 OUTCOME_LINGER
             } else {
@@ -245,19 +373,20 @@ impl Writer {
             } else if !retry.is_empty() {
                 tokio::time::sleep(RETRY_BACKOFF).await;
             }
-            self.drain(&mut batch, &mut flushes);
+            // Queued outcomes taken: they have waited long enough already, never held.
+            let mut took_quiet = self.drain(&mut batch, &mut flushes, closed);
             // Under load (the last commit carried several intents), let the runtime run the
             // tasks that are ready before committing: their rows join this transaction
             // instead of forming the next one. Costs nothing at low concurrency.
-            if matches!(self.sink, Sink::Postgres(_)) && last_intents >= BUSY_INTENTS && batch.len() < self.batch_max_rows {
+            if matches!(self.sink, Sink::Postgres { .. }) && last_intents >= BUSY_INTENTS && batch.len() < self.batch_max_rows {
                 for _ in 0..BUSY_YIELDS {
                     tokio::task::yield_now().await;
-                    self.drain(&mut batch, &mut flushes);
+                    took_quiet |= self.drain(&mut batch, &mut flushes, closed);
                 }
             }
             if !self.batch_linger.is_zero() && !batch.is_empty() && batch.len() < self.batch_max_rows {
                 tokio::time::sleep(self.batch_linger).await;
-                self.drain(&mut batch, &mut flushes);
+                took_quiet |= self.drain(&mut batch, &mut flushes, closed);
             }
             // Retried outcomes are older than anything just received: they go first (at most a
             // batch of them per transaction).
@@ -269,7 +398,7 @@ impl Writer {
             }
             let checkpoint_due = last_checkpoint.elapsed() >= self.checkpoint_interval || !flushes.is_empty() || closed;
             let has_intent = batch.iter().any(|item| !item.retry);
-            if !batch.is_empty() && !has_intent && !checkpoint_due && retry.is_empty() && batch.len() < self.batch_max_rows {
+            if !batch.is_empty() && !has_intent && !took_quiet && !checkpoint_due && retry.is_empty() && batch.len() < self.batch_max_rows {
                 if !holding {
                     held_since = Instant::now();
                 }
@@ -305,15 +434,19 @@ impl Writer {
     }
 
     /// Takes what is queued, up to `batch_max_rows`: the channel's commands, then the quiet
-    /// queue's outcomes.
-    fn drain(&mut self, batch: &mut Vec<Item>, flushes: &mut Vec<oneshot::Sender<()>>) {
+    /// queue's outcomes if they are due: when the batch carries an intent or a flush is asked
+    /// for (they share its commit), when the writer is closing, or when the oldest has waited
+    /// [`OUTCOME_LINGER`]. Fresh outcomes are left for a leader's commit (module docs). Returns
+    /// whether it took queued outcomes.
+    fn drain(&mut self, batch: &mut Vec<Item>, flushes: &mut Vec<oneshot::Sender<()>>, closing: bool) -> bool {
         while batch.len() < self.batch_max_rows {
             match self.rx.try_recv() {
                 Ok(command) => Self::take(command, batch, flushes),
                 Err(_) => break,
             }
         }
-        self.quiet.take_into(batch, self.batch_max_rows.saturating_sub(batch.len()));
+        let due = closing || !flushes.is_empty() || batch.iter().any(|item| !item.retry) || self.quiet.overdue();
+        due && self.quiet.take_into(batch, self.batch_max_rows.saturating_sub(batch.len())) > 0
     }
 
     /// Commits `batch`, answers its waiters, and returns how many intents it carried.
@@ -326,14 +459,13 @@ impl Writer {
             super::sign_checkpoint(&signer, count, head, ts_us)
         };
         let started = std::time::Instant::now();
-        let result = self.sink.append(&mut rows, &self.replica, checkpoint_due.then_some(&sign as _), self.head.as_ref()).await;
+        let result = self.sink.append(&mut rows, &self.replica, checkpoint_due.then_some(&sign as _)).await;
         if let Some(metrics) = self.metrics.get() {
-            metrics.record_audit_commit(started.elapsed());
+            metrics.record_audit_commit(AuditCommitter::Writer, started.elapsed());
         }
         match result {
             Ok(appended) => {
                 tracing::debug!(rows = appended.seqs.len(), head = appended.head.0, "audit batch committed");
-                self.head = Some(appended.head.clone());
                 self.set_health(Health::Ready);
                 if checkpoint_due {
                     *last_checkpoint = Instant::now();
@@ -356,8 +488,7 @@ impl Writer {
                 }
             }
             Err(error) => {
-                // Whether the commit landed is unknown: read the head again next time.
-                self.head = None;
+                // Whether the commit landed is unknown: the sink reads the head again next time.
                 tracing::error!(%error, rows = rows.len(), "audit store write failed");
                 self.set_failed(&error);
                 for (row, (reply, is_retry)) in rows.into_iter().zip(waiters) {

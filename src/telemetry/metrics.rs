@@ -83,7 +83,7 @@ struct Inner {
     policy_denials: Family<Kind, Counter>,
     guard_findings: Family<FamilyLabel, Counter>,
     audit_queue_depth: Gauge,
-    audit_commit_duration: Histogram,
+    audit_commit_duration: Family<CommitterLabel, Histogram>,
     upstream_up: Family<UpstreamLabel, Gauge>,
     rate_limit_rejections: Counter,
     sessions_open: Gauge,
@@ -119,6 +119,33 @@ struct Reason {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommitterLabel {
+    committer: &'static str,
+}
+
+/// Who committed an audit batch (the `committer` label of
+/// `portcullis_audit_commit_duration_seconds`; `audit::writer` module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditCommitter {
+    /// The writer (SQLite: its own thread; PostgreSQL: its task), `writer`.
+    Writer,
+    /// A request that committed its own intent on its own thread (SQLite), `leader`.
+    Leader,
+}
+
+// === impl AuditCommitter ===
+
+impl AuditCommitter {
+    /// The label value: `writer` or `leader`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Writer => "writer",
+            Self::Leader => "leader",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -201,10 +228,10 @@ impl Metrics {
         registry.register("portcullis_guard_findings", "Guard findings in upstream results and definitions, by family", guard_findings.clone());
         let audit_queue_depth = Gauge::default();
         registry.register("portcullis_audit_queue_depth", "Audit records waiting for the writer", audit_queue_depth.clone());
-        let audit_commit_duration = Histogram::new(COMMIT_BUCKETS);
+        let audit_commit_duration = Family::<CommitterLabel, Histogram>::new_with_constructor((|| Histogram::new(COMMIT_BUCKETS)) as fn() -> Histogram);
         registry.register_with_unit(
             "portcullis_audit_commit_duration",
-            "Duration of audit group commits",
+            "Duration of audit group commits, by committer (writer or leader)",
             Unit::Seconds,
             audit_commit_duration.clone(),
         );
@@ -271,9 +298,10 @@ impl Metrics {
         self.inner.audit_queue_depth.set(depth);
     }
 
-    /// Observes one audit group commit (`portcullis_audit_commit_duration_seconds`).
-    pub fn record_audit_commit(&self, duration: Duration) {
-        self.inner.audit_commit_duration.observe(duration.as_secs_f64());
+    /// Observes one audit group commit
+    /// (`portcullis_audit_commit_duration_seconds{committer}`).
+    pub fn record_audit_commit(&self, committer: AuditCommitter, duration: Duration) {
+        self.inner.audit_commit_duration.get_or_create(&CommitterLabel { committer: committer.label() }).observe(duration.as_secs_f64());
     }
 
     /// Sets `portcullis_upstream_up{upstream}` to 1 (reachable) or 0.

@@ -45,7 +45,7 @@ use url::Url;
 
 pub use context::{inject_headers, inject_meta, parent_context};
 pub use health::{Backoff, ComponentHandle, ComponentState, Health, health_router, supervise};
-pub use metrics::{Metrics, Outcome, method_label, metrics_router};
+pub use metrics::{AuditCommitter, Metrics, Outcome, method_label, metrics_router};
 pub use span::{AccessLog, McpSpanExt, client_span, server_span};
 
 /// Variable holding the log filter (`tracing_subscriber::EnvFilter` syntax).

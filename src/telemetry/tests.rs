@@ -438,7 +438,9 @@ fn metrics_render_counts_every_recording() {
     metrics.record_policy_denial("deny");
     metrics.record_guard_findings("invisible_unicode", 4);
     metrics.set_audit_queue_depth(5);
-    metrics.record_audit_commit(Duration::from_micros(1500));
+    metrics.record_audit_commit(AuditCommitter::Writer, Duration::from_micros(1500));
+    metrics.record_audit_commit(AuditCommitter::Leader, Duration::from_micros(200));
+    metrics.record_audit_commit(AuditCommitter::Leader, Duration::from_micros(300));
     metrics.set_upstream_up("weather", true);
     metrics.set_upstream_up("files", false);
     metrics.record_rate_limit_rejection();
@@ -460,7 +462,8 @@ fn metrics_render_counts_every_recording() {
     assert_eq!(get(r#"portcullis_policy_denials_total{kind="deny"}"#), 1.0);
     assert_eq!(get(r#"portcullis_guard_findings_total{family="invisible_unicode"}"#), 4.0);
     assert_eq!(get("portcullis_audit_queue_depth"), 5.0);
-    assert_eq!(get("portcullis_audit_commit_duration_seconds_count"), 1.0);
+    assert_eq!(get(r#"portcullis_audit_commit_duration_seconds_count{committer="writer"}"#), 1.0);
+    assert_eq!(get(r#"portcullis_audit_commit_duration_seconds_count{committer="leader"}"#), 2.0);
     assert_eq!(get(r#"portcullis_upstream_up{upstream="weather"}"#), 1.0);
     assert_eq!(get(r#"portcullis_upstream_up{upstream="files"}"#), 0.0);
     assert_eq!(get("portcullis_rate_limit_rejections_total"), 1.0);

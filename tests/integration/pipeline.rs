@@ -197,12 +197,13 @@ async fn guard_blocks_an_injected_tool_result() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(calls, 2.0, "{metrics}");
-    // Each call's intent was committed before it was forwarded, and each commit is measured.
+    // Each call's intent was committed before it was forwarded, and each commit is measured,
+    // by the writer or by the request as leader.
     let commits: f64 = metrics
         .lines()
-        .find(|l| l.starts_with("portcullis_audit_commit_duration_seconds_count"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
+        .filter(|l| l.starts_with("portcullis_audit_commit_duration_seconds_count{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     assert!(commits >= 2.0, "audit commits not measured: {metrics}");
     client.cancel().await.unwrap();
     gateway.stop().await;
