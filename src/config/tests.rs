@@ -173,6 +173,9 @@ fn audit_table_is_read_and_validated() {
     let s = settings(Some("[audit]\nfailure_mode = \"fail_open\"\nmax_argument_bytes = 100\n"), &[], Overrides::default()).unwrap();
     assert_eq!(s.audit.failure_mode, crate::audit::FailureMode::FailOpen);
     assert_eq!(s.audit.max_argument_bytes, 100);
+    assert!(s.audit.sqlite_leader_commit, "leaders are on by default");
+    let s = settings(Some("[audit]\nsqlite_leader_commit = false\n"), &[], Overrides::default()).unwrap();
+    assert!(!s.audit.sqlite_leader_commit);
     assert!(settings(Some("[audit]\nurl = \"mysql://x\"\n"), &[], Overrides::default()).is_err());
     assert!(settings(Some("[audit]\nbogus = 1\n"), &[], Overrides::default()).is_err());
 }
