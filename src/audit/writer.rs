@@ -205,10 +205,10 @@ impl Lead {
     /// Commits `intent`, after the outcomes queued in `quiet`, on the calling thread, if it is
     /// the only call in flight (the only intent handle open or being made; the caller checks
     /// that no other intent is pending), the connection is free at once and the head is
-    /// known; returns the intent's
-    /// `seq`. Otherwise, or when the INSERT fails, gives the intent back for the writer (and
-    /// the outcomes back to `quiet`): the writer then does what it always does, including the
-    /// error handling. Blocks the caller for one commit (an fsync with `synchronous=FULL`).
+    /// known; returns the intent's `seq`. Otherwise, or when the INSERT fails, gives the
+    /// intent back for the writer (and the outcomes back to `quiet`): the writer then does
+    /// what it always does, including the error handling. Blocks the caller for one commit
+    /// (an fsync with `synchronous=FULL`).
     ///
     /// Why only one call: with more in flight the writer's batches share a commit among
     /// several calls, and a leader (one call per commit, a runtime worker blocked meanwhile)
@@ -373,7 +373,8 @@ impl Writer {
             } else if !retry.is_empty() {
                 tokio::time::sleep(RETRY_BACKOFF).await;
             }
-            // Queued outcomes taken: they have waited long enough already, never held.
+            // Whether queued outcomes were taken: never held for a later intent (they came
+            // with one, or have waited the linger already).
             let mut took_quiet = self.drain(&mut batch, &mut flushes, closed);
             // Under load (the last commit carried several intents), let the runtime run the
             // tasks that are ready before committing: their rows join this transaction
