@@ -28,7 +28,8 @@
 //! - **No secrets.** Arguments and error messages go through [`crate::redact`]; the session id is
 //!   stored only as its SHA-256.
 //!
-//! Group commit: see [`writer`](self).
+//! Group commit, and the request that commits its own intent when it is the only call in
+//! flight (SQLite): see [`writer`](self).
 
 mod config;
 mod row;
