@@ -51,11 +51,11 @@ pub struct AuditConfig {
     pub max_connections: u32,
     /// SQLite only: when a commit counts as durable (default `full`). See [`SqliteDurability`].
     pub sqlite_synchronous: SqliteDurability,
-    /// SQLite only: when no other intent is pending, the request commits its own intent on its
-    /// own thread instead of handing it to the writer thread (default `true`): about four
-    /// context switches fewer per call at low concurrency, at the price of blocking a runtime
-    /// worker for one commit (one fsync with `sqlite_synchronous = "full"`). Ignored while
-    /// `batch_linger` is set.
+    /// SQLite only: a request whose call is the only one in flight commits its own intent on
+    /// its own thread instead of handing it to the writer thread (default `true`): three
+    /// context switches fewer per call at one call at a time, at the price of blocking a
+    /// runtime worker for one commit (one fsync with `sqlite_synchronous = "full"`). Ignored
+    /// while `batch_linger` is set.
     pub sqlite_leader_commit: bool,
 }
 
@@ -107,7 +107,7 @@ pub struct AuditSettings {
     pub max_connections: u32,
     /// SQLite commit durability.
     pub sqlite_synchronous: SqliteDurability,
-    /// Whether a request with no other intent pending commits its own intent (SQLite).
+    /// Whether a request whose call is the only one in flight commits its own intent (SQLite).
     pub sqlite_leader_commit: bool,
 }
 

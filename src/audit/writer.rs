@@ -124,19 +124,12 @@ impl Quiet {
         self.oldest().is_some_and(|queued| queued.elapsed() >= OUTCOME_LINGER)
     }
 
-    /// Moves at most `room` queued rows, oldest first, into `batch`; returns how many.
-    fn take_into(&self, batch: &mut Vec<Item>, room: usize) -> usize {
+    /// Takes at most `room` queued rows, oldest first, as the pointers they were queued as.
+    #[allow(clippy::vec_box)]
+    fn take(&self, room: usize) -> Vec<Box<Row>> {
         let mut rows = self.lock();
         let take = rows.len().min(room);
-        batch.extend(rows.drain(..take).map(|(_, row)| Item { row, reply: None, retry: true }));
-        take
-    }
-
-    /// Takes at most `room` queued rows, oldest first (a leader's).
-    fn take_rows(&self, room: usize) -> Vec<Row> {
-        let mut rows = self.lock();
-        let take = rows.len().min(room);
-        rows.drain(..take).map(|(_, row)| *row).collect()
+        rows.drain(..take).map(|(_, row)| row).collect()
     }
 
     /// Puts rows a leader could not commit back at the head of the queue, overdue: the writer
@@ -228,7 +221,7 @@ impl Lead {
         };
         let appender = &mut *guard;
         let Some(head) = &appender.head else { return Err(intent) };
-        let mut rows = quiet.take_rows(INSERT_CHUNK - 1);
+        let mut rows: Vec<Row> = quiet.take(INSERT_CHUNK - 1).into_iter().map(|row| *row).collect();
         rows.push(*intent);
         let started = std::time::Instant::now();
         let result = appender.sqlite.append_on_head(&mut rows, head);
@@ -447,7 +440,13 @@ impl Writer {
             }
         }
         let due = closing || !flushes.is_empty() || batch.iter().any(|item| !item.retry) || self.quiet.overdue();
-        due && self.quiet.take_into(batch, self.batch_max_rows.saturating_sub(batch.len())) > 0
+        if !due {
+            return false;
+        }
+        let taken = self.quiet.take(self.batch_max_rows.saturating_sub(batch.len()));
+        let took = !taken.is_empty();
+        batch.extend(taken.into_iter().map(|row| Item { row, reply: None, retry: true }));
+        took
     }
 
     /// Commits `batch`, answers its waiters, and returns how many intents it carried.
