@@ -661,3 +661,36 @@ async fn refused_leader_hands_its_rows_to_the_writer() {
     assert_eq!(outcomes, ["req-0", "req-1", "req-2"]);
     reader.close().await;
 }
+
+/// A leader's call sends the writer nothing, so an outcome queued while the writer sleeps idle
+/// (its long sleep, nothing queued or expected) must wake it: committed within the linger
+/// bound, not at the end of that sleep (about a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_of_a_led_call_wakes_an_idle_writer() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = AuditSettings::from_config(&AuditConfig::default(), data_dir.path()).unwrap();
+    let log = AuditLog::open(&settings, issuer(&data_dir)).await.unwrap();
+    let metrics = portcullis::telemetry::Metrics::new();
+    log.attach_metrics(metrics.clone());
+    // The first intent goes to the writer (the head is not known yet); its outcome is
+    // committed within 40 ms, after which the writer has nothing to expect and sleeps idle.
+    log.intent(intent(1)).await.unwrap().record(ok());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let handle = log.intent(intent(2)).await.unwrap();
+    assert_eq!(commits_by(&metrics, "leader"), 1.0, "the second intent was not led");
+    handle.record(ok());
+    let reader = sqlx::SqlitePool::connect(&settings_url(&settings)).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut outcomes = 0i64;
+    while started.elapsed() < Duration::from_secs(2) {
+        outcomes = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE kind = 'outcome'").fetch_one(&reader).await.unwrap();
+        if outcomes == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(outcomes, 2, "outcome not committed within 2 s");
+    assert!(started.elapsed() < Duration::from_millis(400), "outcome took {:?}", started.elapsed());
+    reader.close().await;
+    log.close(Duration::from_secs(5)).await;
+}

@@ -394,11 +394,15 @@ impl AuditLog {
         // flight (`writer` module docs).
         if pending == 0 && let Some(lead) = self.inner.leader() {
             match lead.try_commit(row, &self.inner.quiet, &self.inner.metrics) {
-                Ok(seq) => {
+                writer::Led::Committed(seq) => {
                     self.inner.pending.fetch_sub(1, Ordering::Relaxed);
                     return Ok(seq);
                 }
-                Err(back) => row = back,
+                writer::Led::Failed(error) => {
+                    self.inner.pending.fetch_sub(1, Ordering::Relaxed);
+                    return Err(error);
+                }
+                writer::Led::Declined(back) => row = back,
             }
         }
         let (reply, answer) = oneshot::channel();
@@ -406,7 +410,11 @@ impl AuditLog {
             self.inner.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::Closed);
         }
-        answer.await.map_err(|_| Error::Closed)?
+        answer.await.unwrap_or_else(|_| {
+            // The writer stopped (a bug) with the row in hand: it will never count it off.
+            self.inner.pending.fetch_sub(1, Ordering::Relaxed);
+            Err(Error::Closed)
+        })
     }
 
     /// Intents and outcomes queued for the writer (the audit queue depth metric).

@@ -109,14 +109,18 @@ impl SqliteAppender {
     /// and whatever it cannot do at once the writer thread does.
     ///
     /// # Errors
-    /// [`Error::Sqlite`] when the INSERT is refused (the head moved, the file is locked) or
-    /// fails; nothing is then written, and the rows are sealed again by whoever
-    /// appends them next.
+    /// [`Error::Sqlite`] when the INSERT is refused (the head moved: a constraint violation;
+    /// the file is locked: busy) and nothing was written, or when it failed otherwise (then the
+    /// rows may have been written). Rows appended again are sealed again.
     pub(crate) fn append_on_head(&mut self, rows: &mut [Row], head: &(i64, String)) -> Result<Appended, Error> {
         let sealed = seal_onto(rows, head.clone(), false);
         self.conn.busy_timeout(Duration::ZERO)?;
         let inserted = insert(&self.conn, rows);
-        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        // After the INSERT's own result: a failed reset must not make a committed INSERT look
+        // failed (the rows would be written twice).
+        if let Err(error) = self.conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(%error, "audit connection's busy timeout not restored");
+        }
         inserted?;
         Ok(Appended { seqs: sealed.seqs, head: sealed.head, checkpoint: None })
     }

@@ -112,3 +112,18 @@ fn handles_and_futures_can_cross_tasks() {
         }));
     };
 }
+
+/// A leader hands its rows to the writer only when SQLite certainly wrote nothing (busy,
+/// locked, the `seq` key taken); any other failure (an I/O error in the commit) may have
+/// written them, so the intent is refused instead of committed a second time.
+#[test]
+fn leader_retries_only_what_was_certainly_not_written() {
+    let sqlite = |code| Error::Sqlite(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None));
+    for code in [rusqlite::ffi::SQLITE_BUSY, rusqlite::ffi::SQLITE_LOCKED, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY] {
+        assert!(writer::nothing_written(&sqlite(code)), "{code}");
+    }
+    for code in [rusqlite::ffi::SQLITE_IOERR_FSYNC, rusqlite::ffi::SQLITE_FULL, rusqlite::ffi::SQLITE_CORRUPT] {
+        assert!(!writer::nothing_written(&sqlite(code)), "{code}");
+    }
+    assert!(!writer::nothing_written(&Error::Closed));
+}

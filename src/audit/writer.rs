@@ -24,11 +24,13 @@
 //! the trip to the writer thread and back: a wake of the writer, a park and wake of the
 //! request's worker, and the writer's sleep (bench/RESULTS.md, eighth session: at one call at
 //! a time 11.7 → 8.7 context switches per call). With more calls in flight the writer thread
-//! batches intents as before. A leader never waits: a busy connection, an unknown head or a
-//! failed INSERT hands the rows to the writer, which commits them (or reports the failure) as
-//! usual. The cost is a runtime worker blocked for one commit;
-//! `audit.sqlite_leader_commit = false` turns leaders off, and they are off while
-//! `batch_linger` is set.
+//! batches intents as before. A leader never waits: a busy connection, an unknown head or an
+//! INSERT refused before writing anything hands the rows to the writer; any other failure
+//! refuses the call, as a failed commit of the writer's does. While the writer retries failed
+//! outcomes leaders stand aside (those go first). Since a leader's call sends the writer
+//! nothing, an outcome queued while the writer sleeps idle wakes it. The cost is a runtime
+//! worker blocked for one commit; `audit.sqlite_leader_commit = false` turns leaders off, and
+//! they are off while `batch_linger` is set.
 //!
 //! On PostgreSQL the writer is a task on the gateway's runtime: under load (the last commit
 //! carried [`BUSY_INTENTS`] intents or more) it yields to the runtime [`BUSY_YIELDS`] times
@@ -80,14 +82,21 @@ pub(crate) struct Quiet {
     // Boxed: a row moves on into the writer's batch (`Item`) as the pointer it arrived as.
     rows: std::sync::Mutex<Vec<(Instant, Box<Row>)>>,
     open_handles: std::sync::atomic::AtomicUsize,
+    /// Set while the writer sleeps its long idle sleep, with nothing queued or expected: the
+    /// next push then wakes it through `wake` (a leader's call sends the writer nothing).
+    idle: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 // === impl Quiet ===
 
 impl Quiet {
-    /// Queues an outcome row; wakes nobody.
+    /// Queues an outcome row; wakes nobody, unless the writer is in its long idle sleep.
     pub(crate) fn push(&self, row: Box<Row>) {
         self.lock().push((Instant::now(), row));
+        if self.idle.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
     }
 
     /// An intent handle was handed out.
@@ -174,6 +183,8 @@ impl Drop for Opening {
 /// next append seals onto.
 pub(crate) struct Lead {
     shared: std::sync::Mutex<Appender>,
+    /// The writer holds failed outcomes for retry: they go first, so leaders stand aside.
+    backlog: std::sync::atomic::AtomicBool,
 }
 
 /// What [`Lead`]'s lock guards.
@@ -188,7 +199,7 @@ struct Appender {
 
 impl Lead {
     pub(crate) fn new(sqlite: SqliteAppender) -> Self {
-        Self { shared: std::sync::Mutex::new(Appender { sqlite, head: None }) }
+        Self { shared: std::sync::Mutex::new(Appender { sqlite, head: None }), backlog: std::sync::atomic::AtomicBool::new(false) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Appender> {
@@ -198,10 +209,12 @@ impl Lead {
     /// Commits `intent`, after the outcomes queued in `quiet`, on the calling thread, if it is
     /// the only call in flight (the only intent handle open or being made; the caller checks
     /// that no other intent is pending), the connection is free at once and the head is
-    /// known; returns the intent's `seq`. Otherwise, or when the INSERT fails, gives the
-    /// intent back for the writer (and the outcomes back to `quiet`): the writer then does
-    /// what it always does, including the error handling. Blocks the caller for one commit
-    /// (an fsync with `synchronous=FULL`).
+    /// known. Otherwise, or when the INSERT is refused before writing anything (busy, locked,
+    /// or the head moved), gives the intent back for the writer ([`Led::Declined`]). Any other
+    /// failure may or may not have written the rows, so the intent fails as a failed commit
+    /// of the writer's does ([`Led::Failed`]: the call is refused, never retried). Outcomes
+    /// taken and not committed go back to `quiet` (retried, as the writer retries them).
+    /// Blocks the caller for one commit (an fsync with `synchronous=FULL`).
     ///
     /// Why only one call: with more in flight the writer's batches share a commit among
     /// several calls, and a leader (one call per commit, a runtime worker blocked meanwhile)
@@ -211,16 +224,16 @@ impl Lead {
         intent: Box<Row>,
         quiet: &Quiet,
         metrics: &std::sync::OnceLock<crate::telemetry::Metrics>,
-    ) -> Result<i64, Box<Row>> {
-        if quiet.open_handles.load(std::sync::atomic::Ordering::Relaxed) > 1 {
-            return Err(intent);
+    ) -> Led {
+        if quiet.open_handles.load(std::sync::atomic::Ordering::Relaxed) > 1 || self.backlog.load(std::sync::atomic::Ordering::Relaxed) {
+            return Led::Declined(intent);
         }
         let mut guard = match self.shared.try_lock() {
             Ok(guard) => guard,
-            Err(_) => return Err(intent),
+            Err(_) => return Led::Declined(intent),
         };
         let appender = &mut *guard;
-        let Some(head) = &appender.head else { return Err(intent) };
+        let Some(head) = &appender.head else { return Led::Declined(intent) };
         let mut rows: Vec<Row> = quiet.take(INSERT_CHUNK - 1).into_iter().map(|row| *row).collect();
         rows.push(*intent);
         let started = std::time::Instant::now();
@@ -232,19 +245,41 @@ impl Lead {
             Ok(appended) => {
                 let seq = appended.head.0;
                 appender.head = Some(appended.head);
-                Ok(seq)
+                Led::Committed(seq)
             }
             Err(error) => {
                 // The writer re-reads the head before it appends again.
                 appender.head = None;
-                tracing::debug!(%error, "audit append by a leader refused; handing the rows to the writer");
                 // The intent is the last row: pushed above.
                 let intent = rows.pop().unwrap_or_default();
                 quiet.put_back(rows);
-                Err(Box::new(intent))
+                if nothing_written(&error) {
+                    tracing::debug!(%error, "audit append by a leader refused; handing the rows to the writer");
+                    Led::Declined(Box::new(intent))
+                } else {
+                    tracing::error!(%error, request_id = %intent.request_id, "audit store write failed (leader)");
+                    Led::Failed(Error::Unavailable { reason: error.to_string() })
+                }
             }
         }
     }
+}
+
+/// What became of an intent offered to [`Lead::try_commit`].
+pub(crate) enum Led {
+    /// Committed: the intent's `seq`.
+    Committed(i64),
+    /// Not led, nothing written: the writer's to commit.
+    Declined(Box<Row>),
+    /// The commit failed and may have written the row: refuse the call.
+    Failed(Error),
+}
+
+/// Whether a failed leader's INSERT certainly wrote nothing: SQLite refused it for the write
+/// lock (busy, locked) or for the `seq` primary key (the head moved).
+pub(super) fn nothing_written(error: &Error) -> bool {
+    use rusqlite::ErrorCode::{ConstraintViolation, DatabaseBusy, DatabaseLocked};
+    matches!(error, Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) if matches!(failure.code, DatabaseBusy | DatabaseLocked | ConstraintViolation))
 }
 
 /// A message to the writer.
@@ -353,7 +388,10 @@ impl Writer {
             } else if self.quiet.expecting() {
                 OUTCOME_LINGER
             } else {
-                Duration::from_secs(1)
+                // Idle: a push wakes it. Set before checking again, so a row queued in between
+                // is seen here or wakes it.
+                self.quiet.idle.store(true, std::sync::atomic::Ordering::Release);
+                if self.quiet.expecting() { OUTCOME_LINGER } else { Duration::from_secs(1) }
             };
             if !closed {
                 tokio::select! {
@@ -362,7 +400,9 @@ impl Writer {
                         None => closed = true,
                     },
                     () = tokio::time::sleep(wait) => {}
+                    () = self.quiet.wake.notified() => {}
                 }
+                self.quiet.idle.store(false, std::sync::atomic::Ordering::Release);
             } else if !retry.is_empty() {
                 tokio::time::sleep(RETRY_BACKOFF).await;
             }
@@ -504,6 +544,9 @@ impl Writer {
                     }
                 }
             }
+        }
+        if let Sink::Sqlite(lead) = &self.sink {
+            lead.backlog.store(!retry.is_empty(), std::sync::atomic::Ordering::Relaxed);
         }
         self.pending.fetch_sub(intents, std::sync::atomic::Ordering::Relaxed);
         intents
