@@ -568,6 +568,25 @@ async fn dead_writer_refuses_calls_until_revived() {
     assert!(matches!(verify(&db, &data_dir).await, VerifyOutcome::Intact(r) if r.rows == 8), "chain broken or outcome lost across the restart");
 }
 
+/// Polls the SQLite file of `settings` (every 5 ms, for at most 2 s) until it holds `count`
+/// outcome rows; returns how long that took. Panics if they are not there within 2 s.
+async fn outcomes_committed(settings: &AuditSettings, count: i64) -> Duration {
+    let reader = sqlx::SqlitePool::connect(&settings_url(settings)).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut outcomes = 0i64;
+    while started.elapsed() < Duration::from_secs(2) {
+        outcomes = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE kind = 'outcome'").fetch_one(&reader).await.unwrap();
+        if outcomes == count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    reader.close().await;
+    assert_eq!(outcomes, count, "outcome not committed within 2 s");
+    took
+}
+
 /// An outcome queued with `record` (which wakes nobody) is committed on its own, without a
 /// flush or a later intent to carry it, within a bounded time (twice the 20 ms linger).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,19 +596,8 @@ async fn queued_outcome_is_committed_without_a_later_intent() {
     let log = AuditLog::open(&settings, issuer(&data_dir)).await.unwrap();
     let handle = log.intent(intent(1)).await.unwrap();
     handle.record(ok());
-    let reader = sqlx::SqlitePool::connect(&settings_url(&settings)).await.unwrap();
-    let started = std::time::Instant::now();
-    let mut outcomes = 0i64;
-    while started.elapsed() < Duration::from_secs(2) {
-        outcomes = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE kind = 'outcome'").fetch_one(&reader).await.unwrap();
-        if outcomes == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(outcomes, 1, "outcome not committed within 2 s");
-    assert!(started.elapsed() < Duration::from_millis(500), "outcome took {:?}", started.elapsed());
-    reader.close().await;
+    let took = outcomes_committed(&settings, 1).await;
+    assert!(took < Duration::from_millis(500), "outcome took {took:?}");
     log.close(Duration::from_secs(5)).await;
 }
 
@@ -679,18 +687,7 @@ async fn outcome_of_a_led_call_wakes_an_idle_writer() {
     let handle = log.intent(intent(2)).await.unwrap();
     assert_eq!(commits_by(&metrics, "leader"), 1.0, "the second intent was not led");
     handle.record(ok());
-    let reader = sqlx::SqlitePool::connect(&settings_url(&settings)).await.unwrap();
-    let started = std::time::Instant::now();
-    let mut outcomes = 0i64;
-    while started.elapsed() < Duration::from_secs(2) {
-        outcomes = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE kind = 'outcome'").fetch_one(&reader).await.unwrap();
-        if outcomes == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(outcomes, 2, "outcome not committed within 2 s");
-    assert!(started.elapsed() < Duration::from_millis(400), "outcome took {:?}", started.elapsed());
-    reader.close().await;
+    let took = outcomes_committed(&settings, 2).await;
+    assert!(took < Duration::from_millis(400), "outcome took {took:?}");
     log.close(Duration::from_secs(5)).await;
 }
