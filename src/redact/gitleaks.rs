@@ -204,17 +204,20 @@ impl Rules {
 
     /// Appends a finding for every secret the rules detect in `text`.
     pub(super) fn scan(&self, text: &str, findings: &mut Vec<Finding>) {
-        let mut enabled = vec![false; self.rules.len()];
-        for index in &self.always {
-            enabled[*index] = true;
-        }
         // Overlapping search: every keyword occurrence counts, as with gitleaks' Contains.
+        // Most texts hit no keyword: then only the keyword-less rules run, with no allocation.
+        let mut enabled: Vec<usize> = Vec::new();
         for hit in self.keywords.find_overlapping_iter(text) {
-            for index in &self.keyword_rules[hit.pattern().as_usize()] {
-                enabled[*index] = true;
-            }
+            enabled.extend_from_slice(&self.keyword_rules[hit.pattern().as_usize()]);
         }
-        for (rule, _) in self.rules.iter().zip(&enabled).filter(|(_, on)| **on) {
+        if !enabled.is_empty() {
+            enabled.extend_from_slice(&self.always);
+            // Rule order, each rule once, as the rule file lists them.
+            enabled.sort_unstable();
+            enabled.dedup();
+        }
+        let indices = if enabled.is_empty() { &self.always } else { &enabled };
+        for rule in indices.iter().filter_map(|&index| self.rules.get(index)) {
             self.scan_rule(rule, text, findings);
         }
     }
@@ -244,6 +247,10 @@ impl Rules {
             findings.push(Finding { kind: rule.kind.clone(), start: 0, end: text.len() });
             return;
         };
+        // Most texts do not match: a match test allocates no capture slots.
+        if !regex.is_match(text) {
+            return;
+        }
         for captures in regex.captures_iter(text) {
             let Some(whole) = captures.get(0) else { continue };
             let secret = match rule.secret_group {
