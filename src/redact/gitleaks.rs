@@ -206,9 +206,19 @@ impl Rules {
     pub(super) fn scan(&self, text: &str, findings: &mut Vec<Finding>) {
         // Overlapping search: every keyword occurrence counts, as with gitleaks' Contains.
         // Most texts hit no keyword: then only the keyword-less rules run, with no allocation.
+        // Each keyword adds its rules once, however often it occurs (a large value of
+        // `eyeyey…` must not grow this list with the text).
         let mut enabled: Vec<usize> = Vec::new();
+        let mut seen: Vec<bool> = Vec::new();
         for hit in self.keywords.find_overlapping_iter(text) {
-            enabled.extend_from_slice(&self.keyword_rules[hit.pattern().as_usize()]);
+            if seen.is_empty() {
+                seen = vec![false; self.keyword_rules.len()];
+            }
+            let keyword = hit.pattern().as_usize();
+            let first = seen.get_mut(keyword).is_some_and(|s| !std::mem::replace(s, true));
+            if first {
+                enabled.extend_from_slice(&self.keyword_rules[keyword]);
+            }
         }
         if !enabled.is_empty() {
             enabled.extend_from_slice(&self.always);
