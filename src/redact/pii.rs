@@ -89,7 +89,6 @@ impl Pii {
             }
         }
         for m in self.ipv4.find_iter(text) {
-            let bytes = text.as_bytes();
             let glued = m.start().checked_sub(1).is_some_and(|i| bytes[i] == b'.' || bytes[i].is_ascii_alphanumeric())
                 || bytes.get(m.end()).is_some_and(|b| *b == b'.' && bytes.get(m.end() + 1).is_some_and(u8::is_ascii_digit));
             if !glued && m.as_str().parse::<std::net::Ipv4Addr>().is_ok_and(public_ipv4) {
