@@ -1,11 +1,18 @@
-//! Audit throughput: `cargo bench --bench audit` prints rows/s committed (intent + outcome per
-//! request; each writer awaits its intent, the outcome is queued as in the gateway, and every
-//! row is durable before the clock stops) with 1, 16 and 64 concurrent
-//! writers, with the CPU time per row of the whole bench process, on SQLite (a file in a
-//! temporary directory, WAL, `synchronous=FULL`) and on PostgreSQL when
-//! `PORTCULLIS_TEST_POSTGRES_URL` is set (scripts/start-services.sh starts one with `fsync=off`,
-//! so those numbers measure the gateway side, not disk flushes).
-//! Under `cargo test` (no `--bench` argument) it runs one short SQLite pass as a smoke test.
+//! Audit append: `cargo bench --bench audit`.
+//!
+//! - First a report: rows/s committed (intent + outcome per request; each writer awaits its
+//!   intent, the outcome is queued as in the gateway, and every row is durable before the
+//!   clock stops) with 1, 16 and 64 concurrent writers, with the CPU time per row of the whole
+//!   bench process, on SQLite (a file in a temporary directory, WAL, `synchronous=FULL`) and
+//!   on PostgreSQL when `PORTCULLIS_TEST_POSTGRES_URL` is set (scripts/start-services.sh
+//!   starts one with `fsync=off`, so those numbers measure the gateway side, not disk flushes).
+//! - Then criterion's `audit_append/sqlite_full` and `audit_append/sqlite_normal`: the time of
+//!   one call's audit on SQLite — its intent appended and awaited (durable), its outcome
+//!   queued — by one writer, with `synchronous=FULL` (the default: one flush per commit) and
+//!   `NORMAL` (no flush: what the rows themselves cost).
+//!
+//! Without `--bench` (`cargo test --benches`) it runs one short SQLite pass and each criterion
+//! bench once, as a smoke test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -14,8 +21,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use criterion::Criterion;
 use portcullis::{
-    audit::{AuditConfig, AuditLog, AuditSettings, FailureMode, IntentRecord, OutcomeRecord, OutcomeStatus, PolicyDecision},
+    audit::{
+        AuditConfig, AuditLog, AuditSettings, FailureMode, IntentRecord, OutcomeRecord, OutcomeStatus, PolicyDecision,
+        SqliteDurability,
+    },
     auth::issuer::{EmbeddedIssuer, SigningKey},
 };
 use sqlx::{Connection as _, Executor as _};
@@ -32,6 +43,55 @@ fn process_cpu_seconds() -> f64 {
     ticks as f64 / 100.0
 }
 
+/// One call's audit, as the gateway makes it: the intent appended and awaited (durable), then
+/// the outcome queued.
+async fn append(log: &AuditLog, request_id: String, i: usize) {
+    let handle = log
+        .intent(IntentRecord {
+            request_id,
+            method: "tools/call".into(),
+            subject: Some("bench".into()),
+            upstream: Some("demo".into()),
+            target: Some("demo__get_forecast".into()),
+            arguments: Some(serde_json::json!({"city": "Paris", "days": i % 7})),
+            decision: Some(PolicyDecision::Allow),
+            ..IntentRecord::default()
+        })
+        .await
+        .unwrap();
+    handle.record(OutcomeRecord { status: OutcomeStatus::Ok, error_code: None, error_message: None, findings: None, latency: None });
+}
+
+/// Criterion's `audit_append` group (see the module docs).
+fn append_group(runtime: &tokio::runtime::Runtime, issuer: &Arc<EmbeddedIssuer>) {
+    let mut criterion = Criterion::default().sample_size(20).configure_from_args();
+    let mut group = criterion.benchmark_group("audit_append");
+    for (name, durability) in [("sqlite_full", SqliteDurability::Full), ("sqlite_normal", SqliteDurability::Normal)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            url: Some(format!("sqlite://{}", dir.path().join("audit.db").display())),
+            failure_mode: FailureMode::FailClosed,
+            sqlite_synchronous: durability,
+            ..AuditConfig::default()
+        };
+        let settings = AuditSettings::from_config(&config, std::path::Path::new("unused")).unwrap();
+        let log = runtime.block_on(AuditLog::open(&settings, issuer.clone())).unwrap();
+        let mut i = 0usize;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i += 1;
+                runtime.block_on(append(&log, format!("c-{i}"), i));
+            });
+        });
+        runtime.block_on(async {
+            log.flush().await;
+            log.close(Duration::from_secs(10)).await;
+        });
+    }
+    group.finish();
+    criterion.final_summary();
+}
+
 /// Rows per second committed and rows written, and CPU microseconds per row.
 async fn run(url: &str, writers: usize, duration: Duration, issuer: Arc<EmbeddedIssuer>) -> (f64, usize, f64) {
     let config = AuditConfig { url: Some(url.to_owned()), failure_mode: FailureMode::FailClosed, ..AuditConfig::default() };
@@ -46,28 +106,7 @@ async fn run(url: &str, writers: usize, duration: Duration, issuer: Arc<Embedded
             let mut rows = 0usize;
             let mut i = 0usize;
             while start.elapsed() < duration {
-                let handle = log
-                    .intent(IntentRecord {
-                        request_id: format!("{w}-{i}"),
-                        method: "tools/call".into(),
-                        subject: Some("bench".into()),
-                        upstream: Some("demo".into()),
-                        target: Some("demo__get_forecast".into()),
-                        arguments: Some(serde_json::json!({"city": "Paris", "days": i % 7})),
-                        decision: Some(PolicyDecision::Allow),
-                        ..IntentRecord::default()
-                    })
-                    .await
-                    .unwrap();
-                // As the gateway does: the outcome is queued and the caller goes on (only the
-                // intent must be durable before forwarding); the flush below waits for it.
-                handle.record(OutcomeRecord {
-                    status: OutcomeStatus::Ok,
-                    error_code: None,
-                    error_message: None,
-                    findings: None,
-                    latency: None,
-                });
+                append(&log, format!("{w}-{i}"), i).await;
                 rows += 2;
                 i += 1;
             }
@@ -86,13 +125,19 @@ async fn run(url: &str, writers: usize, duration: Duration, issuer: Arc<Embedded
     (rows as f64 / elapsed, rows, cpu_us_per_row)
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
-    let duration = if bench { Duration::from_secs(3) } else { Duration::from_millis(200) };
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let keys = tempfile::tempdir().unwrap();
     let key = SigningKey::load_or_generate(keys.path()).unwrap();
     let issuer = Arc::new(EmbeddedIssuer::new(key, "http://gw".into(), "http://gw/mcp".into(), Duration::from_secs(3600)));
+    runtime.block_on(report(issuer.clone()));
+    append_group(&runtime, &issuer);
+}
+
+/// The report (see the module docs).
+async fn report(issuer: Arc<EmbeddedIssuer>) {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let duration = if bench { Duration::from_secs(3) } else { Duration::from_millis(200) };
     let writer_counts: &[usize] = if bench { &[1, 16, 64] } else { &[4] };
     println!("backend     writers  rows/s committed  CPU µs/row  (rows in {:.1} s)", duration.as_secs_f64());
     for &writers in writer_counts {

@@ -1,13 +1,20 @@
-//! Guard scan cost: µs per KiB on benign and hostile text, and the latency the guard adds to
-//! one `tools/call` result (p50/p99 of `Guard::sanitize_tool_result`), for the corpus's tool
-//! outputs and for 64 KiB results.
+//! Guard scan cost: `cargo bench --bench guard`.
 //!
-//! `cargo bench --bench guard`. Inputs are the development corpora in `tests/data/corpora/`:
-//! benign = `benign_text.jsonl` + `benign_tool_outputs.jsonl`; hostile = the tool-result
-//! families of `injection_payloads.jsonl`. A plain harness on `std::time::Instant` (no
-//! criterion): it is a bench, not a test.
+//! - First a report: the latency the guard adds to one `tools/call` result (p50/p99 of
+//!   `Guard::sanitize_tool_result`, timed one call at a time), for the corpus's tool outputs and
+//!   for 64 KiB results.
+//! - Then criterion's `guard_scan/benign` and `guard_scan/hostile`: `Guard::scan` over every
+//!   text of the set per iteration, with the set's size as the throughput, so criterion prints
+//!   MiB/s (µs per KiB = 976.6 / MiB/s).
+//!
+//! Inputs are the development corpora in `tests/data/corpora/`: benign = `benign_text.jsonl` +
+//! `benign_tool_outputs.jsonl`; hostile = the tool-result families of
+//! `injection_payloads.jsonl`. Criterion's arguments work after `--`, e.g.
+//! `cargo bench --bench guard -- guard_scan/benign`.
 
-use std::{path::PathBuf, time::Instant};
+use std::{hint::black_box, path::PathBuf, time::Instant};
+
+use criterion::{Criterion, Throughput};
 
 use portcullis::guard::{Guard, Surface};
 use rmcp::model::{CallToolResult, ContentBlock};
@@ -36,20 +43,20 @@ fn texts(file: &str, keep: impl Fn(&Value) -> bool) -> Result<Vec<String>, Box<d
     Ok(out)
 }
 
-/// Scans every text `rounds` times; returns (µs per KiB, KiB scanned per round).
-fn throughput(guard: &Guard, texts: &[String], rounds: usize) -> (f64, f64) {
-    let bytes: usize = texts.iter().map(String::len).sum();
-    let mut flagged = 0usize;
-    let start = Instant::now();
-    for _ in 0..rounds {
-        for text in texts {
-            flagged += usize::from(!guard.scan(text, Surface::Result, None).is_empty());
-        }
+/// Criterion's `guard_scan` group: one iteration scans every text of a set once.
+fn scan_group(criterion: &mut Criterion, guard: &Guard, sets: [(&str, &[String]); 2]) {
+    let mut group = criterion.benchmark_group("guard_scan");
+    for (name, texts) in sets {
+        group.throughput(Throughput::Bytes(texts.iter().map(|t| t.len() as u64).sum()));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for text in texts {
+                    black_box(guard.scan(black_box(text), Surface::Result, None));
+                }
+            });
+        });
     }
-    let elapsed = start.elapsed();
-    std::hint::black_box(flagged);
-    let kib = bytes as f64 / 1024.0;
-    (elapsed.as_secs_f64() * 1e6 / (kib * rounds as f64), kib)
+    group.finish();
 }
 
 /// Time of one `sanitize_tool_result` on a result holding `text`, in µs.
@@ -58,7 +65,7 @@ fn sanitize_us(guard: &Guard, text: &str) -> f64 {
     let start = Instant::now();
     let outcome = guard.sanitize_tool_result("bench", &mut result);
     let elapsed = start.elapsed().as_secs_f64() * 1e6;
-    std::hint::black_box(outcome);
+    black_box(outcome);
     elapsed
 }
 
@@ -83,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|t| {
                 let start = Instant::now();
                 for _ in 0..20 {
-                    std::hint::black_box(guard.scan(t, Surface::Result, None));
+                    black_box(guard.scan(t, Surface::Result, None));
                 }
                 (start.elapsed().as_secs_f64() * 1e6 / 20.0, t.len(), t.chars().take(100).collect::<String>())
             })
@@ -94,15 +101,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     // Warm up: compiles the rules and the lazy DFAs.
-    throughput(&guard, &benign, 1);
-    throughput(&guard, &hostile, 1);
-    let (benign_cost, benign_kib) = throughput(&guard, &benign, 20);
-    let (hostile_cost, hostile_kib) = throughput(&guard, &hostile, 20);
-    println!("guard scan cost (release build, one core)");
-    println!("| text | KiB per round | µs per KiB |");
-    println!("|---|---|---|");
-    println!("| benign ({} texts) | {benign_kib:.0} | {benign_cost:.1} |", benign.len());
-    println!("| hostile ({} texts) | {hostile_kib:.0} | {hostile_cost:.1} |", hostile.len());
+    for text in benign.iter().chain(&hostile) {
+        black_box(guard.scan(text, Surface::Result, None));
+    }
+    let kib = |texts: &[String]| texts.iter().map(String::len).sum::<usize>() as f64 / 1024.0;
+    println!("scan sets: benign {} texts, {:.0} KiB; hostile {} texts, {:.0} KiB", benign.len(), kib(&benign), hostile.len(), kib(&hostile));
 
     // Added latency on a tools/call result: sanitize each benign tool output as a text block.
     let mut samples = Vec::new();
@@ -143,5 +146,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             percentile(&samples, 0.99)
         );
     }
+
+    let mut criterion = Criterion::default().sample_size(20).configure_from_args();
+    scan_group(&mut criterion, &guard, [("benign", &benign), ("hostile", &hostile)]);
+    criterion.final_summary();
     Ok(())
 }

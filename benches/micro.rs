@@ -7,10 +7,9 @@
 //!   and claim conditions): allowed by the last rule, denied by a deny rule, hidden (deny by
 //!   default), step-up; and `tools/list` filtering of 1,000 tools with [`Policy::permits`].
 //!
-//! TODO(guard, audit): guard scan per KiB (benign and hostile), redaction per KiB and audit
-//! append exist on the guard and audit branches as plain-harness benches (`benches/guard.rs`,
-//! `benches/redact.rs`, `benches/audit.rs`); when they land, keep them as their own `[[bench]]`
-//! targets or move them here, and list their numbers in bench/RESULTS.md.
+//! The other micro-benchmarks of item 4 are criterion groups in their own targets, each after
+//! a short report: guard scan per KiB on benign and hostile text (`cargo bench --bench
+//! guard`), redaction per KiB (`--bench redact`) and audit append (`--bench audit`).
 //!
 //! Performance goals live in `bench/` (the end-to-end harness); these numbers explain where
 //! the time of one request goes. They are never asserted.

@@ -176,10 +176,11 @@ async fn worker(mut conn: Conn, mut session: Session, work: Arc<Work>, start: In
             Ok(()) if counted => stats.record(done - sent),
             Ok(()) => {}
             Err(error) => {
+                // Warm-up errors are not the cell's: neither counted nor reported.
                 if counted {
                     stats.errors += 1;
+                    stats.first_error.get_or_insert_with(|| format!("{error:#}"));
                 }
-                stats.first_error.get_or_insert_with(|| format!("{error:#}"));
                 if conn.is_closed() && conn.reopen().await.is_err() {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }

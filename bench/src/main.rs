@@ -151,13 +151,16 @@ pub(crate) enum Payload {
 }
 
 /// CPU counters read at the edges of a measured window.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Probe {
     pub(crate) hop: u64,
-    /// Context switches of the hop's threads ([`procs::context_switches`]).
-    pub(crate) hop_switches: u64,
+    /// Context switches of the hop's threads, by thread ([`procs::context_switches`]).
+    pub(crate) hop_switches: BTreeMap<u32, u64>,
     pub(crate) upstream: u64,
+    /// This process, without the OTLP sink's thread.
     pub(crate) loadgen: u64,
+    /// The OTLP sink's thread (set-up (e)'s exports).
+    pub(crate) sink: u64,
     pub(crate) machine: MachineCpu,
 }
 
@@ -167,8 +170,11 @@ pub(crate) struct Row {
     pub(crate) window: Duration,
     pub(crate) hop_ticks: u64,
     pub(crate) hop_switches: u64,
+    /// A hop thread died during a window: `hop_switches` is a lower bound.
+    pub(crate) hop_thread_died: bool,
     pub(crate) upstream_ticks: u64,
     pub(crate) loadgen_ticks: u64,
+    pub(crate) sink_ticks: u64,
     pub(crate) machine_busy: u64,
     pub(crate) machine_total: u64,
 }
@@ -177,7 +183,30 @@ pub(crate) struct Row {
 struct Target {
     endpoint: Endpoint,
     prefix: &'static str,
-    hop_pids: Vec<u32>,
+    hop: Hop,
+}
+
+/// The processes a set-up's hop runs in.
+enum Hop {
+    /// None (direct to the upstream).
+    None,
+    /// One process (a gateway).
+    Process(u32),
+    /// A master and its children, listed afresh at each reading (nginx respawns a worker
+    /// that dies).
+    Master(u32),
+}
+
+// === impl Hop ===
+
+impl Hop {
+    fn pids(&self) -> Vec<u32> {
+        match *self {
+            Self::None => Vec::new(),
+            Self::Process(pid) => vec![pid],
+            Self::Master(pid) => std::iter::once(pid).chain(procs::children_of(pid)).collect(),
+        }
+    }
 }
 
 /// Everything the report needs.
@@ -236,15 +265,18 @@ impl Payload {
 
 impl Row {
     fn new() -> Self {
-        Self { stats: load::Stats::new(), window: Duration::ZERO, hop_ticks: 0, hop_switches: 0, upstream_ticks: 0, loadgen_ticks: 0, machine_busy: 0, machine_total: 0 }
+        Self { stats: load::Stats::new(), window: Duration::ZERO, hop_ticks: 0, hop_switches: 0, hop_thread_died: false, upstream_ticks: 0, loadgen_ticks: 0, sink_ticks: 0, machine_busy: 0, machine_total: 0 }
     }
 
     fn add(&mut self, cell: load::Cell<Probe>) {
         self.window += cell.window;
         self.hop_ticks += cell.after.hop.saturating_sub(cell.before.hop);
-        self.hop_switches += cell.after.hop_switches.saturating_sub(cell.before.hop_switches);
+        let (switches, died) = procs::switches_between(&cell.before.hop_switches, &cell.after.hop_switches);
+        self.hop_switches += switches;
+        self.hop_thread_died |= died;
         self.upstream_ticks += cell.after.upstream.saturating_sub(cell.before.upstream);
         self.loadgen_ticks += cell.after.loadgen.saturating_sub(cell.before.loadgen);
+        self.sink_ticks += cell.after.sink.saturating_sub(cell.before.sink);
         self.machine_busy += cell.after.machine.busy.saturating_sub(cell.before.machine.busy);
         self.machine_total += cell.after.machine.total.saturating_sub(cell.before.machine.total);
         self.stats.merge(cell.stats);
@@ -354,7 +386,7 @@ async fn matrix(args: &Args, workdir: &Path, fixture: &Fixture, [secured, open, 
     if wants(SetupKey::C) {
         gateways.insert(SetupKey::C, gateway("c-open", open.clone(), &[]).await?);
     }
-    let sink = if wants(SetupKey::E) { Some(sink::start().await?) } else { None };
+    let sink = if wants(SetupKey::E) { Some(sink::start()?) } else { None };
     if let Some(sink) = &sink {
         let mut env = vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), format!("http://{}", sink.addr)),
@@ -381,18 +413,19 @@ async fn matrix(args: &Args, workdir: &Path, fixture: &Fixture, [secured, open, 
     let authorization = gateways.values().next().map(|g| g.authorization.clone());
     let mut targets: BTreeMap<SetupKey, Target> = BTreeMap::new();
     if wants(SetupKey::A) {
-        targets.insert(SetupKey::A, Target { endpoint: Endpoint { addr: fixture.addr, authorization: authorization.clone() }, prefix: "", hop_pids: Vec::new() });
+        targets.insert(SetupKey::A, Target { endpoint: Endpoint { addr: fixture.addr, authorization: authorization.clone() }, prefix: "", hop: Hop::None });
     }
     for (key, gateway) in &gateways {
         let endpoint = Endpoint { addr: gateway.addr, authorization: Some(gateway.authorization.clone()) };
-        targets.insert(*key, Target { endpoint, prefix: "fx__", hop_pids: vec![gateway.proc.pid()] });
+        targets.insert(*key, Target { endpoint, prefix: "fx__", hop: Hop::Process(gateway.proc.pid()) });
     }
     if let Some(nginx) = &nginx {
-        targets.insert(SetupKey::D, Target { endpoint: Endpoint { addr: nginx.addr, authorization }, prefix: "", hop_pids: nginx.pids() });
+        targets.insert(SetupKey::D, Target { endpoint: Endpoint { addr: nginx.addr, authorization }, prefix: "", hop: Hop::Master(nginx.master_pid()) });
     }
 
     let upstream_pid = fixture.proc.pid();
     let own_pid = std::process::id();
+    let sink_ticks = || sink.as_ref().map_or(0, |sink| procs::thread_cpu_ticks(own_pid, sink.tid));
     let order: Vec<SetupKey> = targets.keys().copied().collect();
     for round in 0..args.rounds {
         for payload in &args.payloads {
@@ -401,12 +434,16 @@ async fn matrix(args: &Args, workdir: &Path, fixture: &Fixture, [secured, open, 
                 for index in 0..order.len() {
                     let key = order[(index + round as usize) % order.len()];
                     let target = &targets[&key];
-                    let probe = || Probe {
-                        hop: target.hop_pids.iter().map(|pid| procs::cpu_ticks(*pid)).sum(),
-                        hop_switches: target.hop_pids.iter().map(|pid| procs::context_switches(*pid)).sum(),
-                        upstream: procs::cpu_ticks(upstream_pid),
-                        loadgen: procs::cpu_ticks(own_pid),
-                        machine: procs::machine_cpu(),
+                    let probe = || {
+                        let hop = target.hop.pids();
+                        Probe {
+                            hop: hop.iter().map(|pid| procs::cpu_ticks(*pid)).sum(),
+                            hop_switches: procs::context_switches(&hop),
+                            upstream: procs::cpu_ticks(upstream_pid),
+                            loadgen: procs::cpu_ticks(own_pid).saturating_sub(sink_ticks()),
+                            sink: sink_ticks(),
+                            machine: procs::machine_cpu(),
+                        }
                     };
                     let work = payload.work(target.prefix);
                     let cell = load::run(&target.endpoint, &work, concurrency, args.warmup, args.duration, probe)
@@ -430,7 +467,7 @@ async fn matrix(args: &Args, workdir: &Path, fixture: &Fixture, [secured, open, 
         }
     }
     for (key, target) in &targets {
-        let peak: u64 = target.hop_pids.iter().filter_map(|pid| procs::status_kib(*pid, "VmHWM")).sum();
+        let peak: u64 = target.hop.pids().iter().filter_map(|pid| procs::status_kib(*pid, "VmHWM")).sum();
         if peak > 0 {
             results.peak_rss_kib.insert(*key, peak);
         }

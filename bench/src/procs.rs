@@ -6,6 +6,7 @@
 //! Every process is killed when its handle drops, so an error or Ctrl-C leaves nothing behind.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
@@ -74,11 +75,7 @@ pub(crate) struct MachineCpu {
     pub(crate) total: u64,
 }
 
-/// The endpoint the harness waits on after starting a gateway.
-///
-/// TODO(readiness): switch to `/readyz` once the gateway has it (issue 7 asks for start →
-/// `/readyz`). Today `/healthz` answers only once `run` has connected the upstreams and
-/// built the catalog (the listener is bound earlier but served only then), which is close.
+/// The endpoint the harness waits on after starting a gateway (issue 7: start → `/readyz`).
 pub(crate) const READY_PATH: &str = "/readyz";
 
 // === impl Proc ===
@@ -122,9 +119,9 @@ fn signal(pid: u32, name: &str) {
 // === impl Nginx ===
 
 impl Nginx {
-    /// Master and workers, for CPU and memory accounting.
-    pub(crate) fn pids(&self) -> Vec<u32> {
-        std::iter::once(self.master.pid()).chain(self.workers.iter().copied()).collect()
+    /// The master's process id (its children are the workers).
+    pub(crate) fn master_pid(&self) -> u32 {
+        self.master.pid()
     }
 }
 
@@ -301,7 +298,18 @@ http {{
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let workers = children_of(master.pid());
+    // The master listens before it forks its worker: wait for the worker too, or (d)'s CPU,
+    // switches and memory would be the master's alone.
+    let workers = loop {
+        let workers = children_of(master.pid());
+        if !workers.is_empty() {
+            break workers;
+        }
+        if Instant::now() > deadline {
+            bail!("nginx started no worker within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     Ok(Nginx { addr, master, workers })
 }
 
@@ -357,22 +365,46 @@ pub(crate) fn cpu_ticks(pid: u32) -> u64 {
     stat_fields(pid).map_or(0, |f| f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
 }
 
-/// Context switches of `pid` so far, voluntary and not, summed over its live threads
-/// (`/proc/PID/task/*/status`); 0 if it is gone. A thread that exited takes its count with
-/// it, so a window's difference can only undercount.
-pub(crate) fn context_switches(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-        .map(|status| {
-            status
+/// CPU time of thread `tid` of `pid` (user + system) in clock ticks; 0 if it is gone.
+pub(crate) fn thread_cpu_ticks(pid: u32, tid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else { return 0 };
+    let Some(close) = stat.rfind(')') else { return 0 };
+    let fields: Vec<&str> = stat[close + 1..].split_ascii_whitespace().collect();
+    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// The calling thread's id, from `/proc/thread-self` (a link to `PID/task/TID`).
+pub(crate) fn current_thread_id() -> Option<u32> {
+    std::fs::read_link("/proc/thread-self").ok()?.file_name()?.to_str()?.parse().ok()
+}
+
+/// Context switches of each live thread of `pids` so far, voluntary and not
+/// (`/proc/PID/task/TID/status`), by thread id; a process that is gone adds nothing.
+pub(crate) fn context_switches(pids: &[u32]) -> BTreeMap<u32, u64> {
+    let mut threads = BTreeMap::new();
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.filter_map(Result::ok) {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+            let switches = status
                 .lines()
                 .filter(|line| line.starts_with("voluntary_ctxt_switches:") || line.starts_with("nonvoluntary_ctxt_switches:"))
                 .filter_map(|line| line.split_ascii_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum()
+                .sum();
+            threads.insert(tid, switches);
+        }
+    }
+    threads
+}
+
+/// Context switches between two readings of [`context_switches`]: each thread's increase, a
+/// thread born in between counted whole; and whether a thread died in between (its switches
+/// in the window are then lost, so the count is a lower bound).
+pub(crate) fn switches_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> (u64, bool) {
+    let switches = after.iter().map(|(tid, count)| count.saturating_sub(before.get(tid).copied().unwrap_or(0))).sum();
+    let died = before.keys().any(|tid| !after.contains_key(tid));
+    (switches, died)
 }
 
 /// A `/proc/PID/status` memory line (`VmRSS`, `VmHWM`) in KiB.

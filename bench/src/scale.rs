@@ -1,8 +1,9 @@
 //! Scale points (issue 7, item 3), each on a fresh secured gateway (set-up (b)'s config):
 //! - start → ready: spawn to the first `200` on [`procs::READY_PATH`], several starts;
-//! - idle sessions: resident memory before and after opening N sessions (and after one call
-//!   on each, which opens each session's upstream connection), and the p50 of a fresh
-//!   session while they stay open;
+//! - idle sessions: resident memory before and after opening N sessions, each on its own
+//!   keep-alive connection that stays open, as clients hold them (and after one call on each,
+//!   which opens each session's upstream session), and the p50 of a fresh session while they
+//!   stay open;
 //! - a large catalog: `tools/list` latency through a gateway in front of U upstreams of T
 //!   tools each (fixtures started with `--extra-tools`).
 
@@ -18,8 +19,9 @@ use crate::{
     procs::{self, Fixture, GatewaySpec},
 };
 
-/// Connections used to open (and later call on) the idle sessions.
-const IDLE_CONNECTIONS: usize = 8;
+/// Idle sessions opened (and later called on) at a time: bounded, so that connecting never
+/// overflows the gateway's accept backlog.
+const IDLE_BATCH: usize = 50;
 
 /// Everything the scale points measured.
 pub(crate) struct ScaleResults {
@@ -79,50 +81,39 @@ async fn idle_sessions(args: &Args, workdir: &Path, fixture: &Fixture, spec: &dy
     let no_probe = || ();
     let window = args.duration.min(Duration::from_secs(5));
     let before = load::run(&endpoint, &work, 1, args.warmup, window, no_probe).await.context("p50 before the idle sessions")?;
+    clean(&before.stats, "echo before the idle sessions")?;
     let rss_before_kib = procs::status_kib(pid, "VmRSS").unwrap_or(0);
 
-    // Open the sessions over a few connections: sessions are not tied to connections.
-    let per_connection = args.idle_sessions.div_ceil(IDLE_CONNECTIONS);
-    let mut opening = JoinSet::new();
-    for index in 0..IDLE_CONNECTIONS {
-        let count = per_connection.min(args.idle_sessions.saturating_sub(index * per_connection));
-        let endpoint = endpoint.clone();
-        opening.spawn(async move {
-            let mut conn = Conn::open(&endpoint).await?;
-            let mut sessions = Vec::with_capacity(count);
-            for _ in 0..count {
-                sessions.push(conn.initialize().await?);
-            }
-            anyhow::Ok((conn, sessions))
-        });
+    // Each session on its own connection, held open: what 1,000 connected clients cost.
+    let mut held: Vec<(Conn, Session)> = Vec::with_capacity(args.idle_sessions);
+    while held.len() < args.idle_sessions {
+        let batch = IDLE_BATCH.min(args.idle_sessions - held.len());
+        held.extend(load::open_sessions(&endpoint, batch).await.context("opening the idle sessions")?);
     }
-    let mut held: Vec<(Conn, Vec<Session>)> = Vec::new();
-    while let Some(opened) = opening.join_next().await {
-        held.push(opened??);
-    }
-    let sessions: usize = held.iter().map(|(_, s)| s.len()).sum();
-    ensure!(sessions == args.idle_sessions, "opened {sessions} of {} sessions", args.idle_sessions);
+    let sessions = held.len();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_initialized_kib = procs::status_kib(pid, "VmRSS").unwrap_or(0);
 
-    // One call on each: the gateway opens that session's upstream connection.
-    let mut calling = JoinSet::new();
-    for (mut conn, mut sessions) in held {
-        let work = work.clone();
-        calling.spawn(async move {
-            for session in &mut sessions {
-                conn.request(session, work.method, &work.params, &work.expect, true).await?;
-            }
-            anyhow::Ok((conn, sessions))
-        });
+    // One call on each: the gateway opens that session's upstream session.
+    let mut called: Vec<(Conn, Session)> = Vec::with_capacity(sessions);
+    while !held.is_empty() {
+        let mut calling = JoinSet::new();
+        for (mut conn, mut session) in held.drain(..IDLE_BATCH.min(held.len())) {
+            let work = work.clone();
+            calling.spawn(async move {
+                conn.request(&mut session, work.method, &work.params, &work.expect, true).await?;
+                anyhow::Ok((conn, session))
+            });
+        }
+        while let Some(done) = calling.join_next().await {
+            called.push(done.context("calling task")?.context("one call on an idle session")?);
+        }
     }
-    let mut held = Vec::new();
-    while let Some(called) = calling.join_next().await {
-        held.push(called??);
-    }
+    let held = called;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_called_kib = procs::status_kib(pid, "VmRSS").unwrap_or(0);
     let with_idle = load::run(&endpoint, &work, 1, args.warmup, window, no_probe).await.context("p50 with the idle sessions open")?;
+    clean(&with_idle.stats, "echo with the idle sessions open")?;
     let peak_kib = procs::status_kib(pid, "VmHWM").unwrap_or(0);
     let result = IdleResult {
         sessions,
@@ -138,10 +129,8 @@ async fn idle_sessions(args: &Args, workdir: &Path, fixture: &Fixture, spec: &dy
         "idle sessions: {sessions}: RSS {} → {} → {} KiB (peak {}), p50 {:.3} → {:.3} ms",
         result.rss_before_kib, result.rss_initialized_kib, result.rss_called_kib, result.peak_kib, result.p50_before_ms, result.p50_with_idle_ms
     );
-    for (mut conn, sessions) in held {
-        for session in sessions {
-            conn.close(session).await;
-        }
+    for (mut conn, session) in held {
+        conn.close(session).await;
     }
     gateway.proc.stop(Duration::from_secs(3)).await;
     Ok(result)
@@ -166,10 +155,12 @@ async fn catalog(args: &Args, workdir: &Path, fixture: &Fixture, spec: &dyn Fn(&
     let through = load::run(&endpoint, &Work::tools_list(Some(expected)), 1, args.warmup, window, || ())
         .await
         .context("tools/list through the gateway")?;
+    clean(&through.stats, "tools/list through the gateway")?;
     let one = Endpoint { addr: fixtures.first().map_or(fixture.addr, |f| f.addr), authorization: None };
     let direct_one = load::run(&one, &Work::tools_list(Some(tools_per_upstream)), 1, args.warmup, window, || ())
         .await
         .context("tools/list direct to one upstream")?;
+    clean(&direct_one.stats, "tools/list direct to one upstream")?;
     eprintln!(
         "catalog {}×{}: tools/list p50 {:.3} ms through the gateway, {:.3} ms direct to one upstream",
         args.catalog_upstreams,
@@ -191,6 +182,18 @@ async fn catalog(args: &Args, workdir: &Path, fixture: &Fixture, spec: &dyn Fn(&
         direct_window: direct_one.window,
         gateway_ready_after: ready_after,
     })
+}
+
+/// A scale point's load must have completed requests and no errors: its p50 is reported bare.
+fn clean(stats: &Stats, what: &str) -> anyhow::Result<()> {
+    ensure!(
+        stats.requests > 0 && stats.errors == 0,
+        "{what}: {} requests completed, {} failed{}",
+        stats.requests,
+        stats.errors,
+        stats.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// The number of tools `endpoint` lists (one session, one request).
