@@ -1,9 +1,9 @@
 //! Scale points (issue 7, item 3), each on a fresh secured gateway (set-up (b)'s config):
 //! - start → ready: spawn to the first `200` on [`procs::READY_PATH`], several starts;
-//! - idle sessions: resident memory before and after opening N sessions, each on its own
-//!   keep-alive connection that stays open, as clients hold them (and after one call on each,
-//!   which opens each session's upstream session), and the p50 of a fresh session while they
-//!   stay open;
+//! - idle sessions: resident memory before and after opening N sessions over a few
+//!   connections (and after one call on each, which opens each session's upstream session),
+//!   the p50 of a fresh session while they stay open, then the memory with each session's
+//!   client holding a keep-alive connection of its own;
 //! - a large catalog: `tools/list` latency through a gateway in front of U upstreams of T
 //!   tools each (fixtures started with `--extra-tools`).
 
@@ -19,7 +19,9 @@ use crate::{
     procs::{self, Fixture, GatewaySpec},
 };
 
-/// Idle sessions opened (and later called on) at a time: bounded, so that connecting never
+/// Connections used to open (and call on) the idle sessions in the sessions-only phase.
+pub(crate) const IDLE_CONNECTIONS: usize = 8;
+/// Connections opened at a time in the connected phase: bounded, so that connecting never
 /// overflows the gateway's accept backlog.
 const IDLE_BATCH: usize = 50;
 
@@ -36,6 +38,8 @@ pub(crate) struct IdleResult {
     pub(crate) rss_before_kib: u64,
     pub(crate) rss_initialized_kib: u64,
     pub(crate) rss_called_kib: u64,
+    /// With each session's client holding a connection of its own, too.
+    pub(crate) rss_connected_kib: u64,
     pub(crate) peak_kib: u64,
     pub(crate) upstream_rss_kib: u64,
     pub(crate) p50_before_ms: f64,
@@ -84,52 +88,100 @@ async fn idle_sessions(args: &Args, workdir: &Path, fixture: &Fixture, spec: &dy
     clean(&before.stats, "echo before the idle sessions")?;
     let rss_before_kib = procs::status_kib(pid, "VmRSS").unwrap_or(0);
 
-    // Each session on its own connection, held open: what 1,000 connected clients cost.
-    let mut held: Vec<(Conn, Session)> = Vec::with_capacity(args.idle_sessions);
-    while held.len() < args.idle_sessions {
-        let batch = IDLE_BATCH.min(args.idle_sessions - held.len());
-        held.extend(load::open_sessions(&endpoint, batch).await.context("opening the idle sessions")?);
+    // The sessions alone: opened over a few connections (sessions are not tied to
+    // connections), as idle clients leave them: their HTTP clients close idle keep-alive
+    // connections after a few seconds (Node's undici after 4 s, Python's httpx after 5 s).
+    let per_connection = args.idle_sessions.div_ceil(IDLE_CONNECTIONS);
+    let mut opening = JoinSet::new();
+    for index in 0..IDLE_CONNECTIONS {
+        let count = per_connection.min(args.idle_sessions.saturating_sub(index * per_connection));
+        let endpoint = endpoint.clone();
+        opening.spawn(async move {
+            let mut conn = Conn::open(&endpoint).await?;
+            let mut sessions = Vec::with_capacity(count);
+            for _ in 0..count {
+                sessions.push(conn.initialize().await?);
+            }
+            anyhow::Ok((conn, sessions))
+        });
     }
-    let sessions = held.len();
+    let mut held: Vec<(Conn, Vec<Session>)> = Vec::new();
+    while let Some(opened) = opening.join_next().await {
+        held.push(opened.context("opening task")?.context("opening the idle sessions")?);
+    }
+    let sessions: usize = held.iter().map(|(_, s)| s.len()).sum();
+    ensure!(sessions == args.idle_sessions, "opened {sessions} of {} sessions", args.idle_sessions);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_initialized_kib = procs::status_kib(pid, "VmRSS").unwrap_or(0);
 
     // One call on each: the gateway opens that session's upstream session.
-    let mut called: Vec<(Conn, Session)> = Vec::with_capacity(sessions);
-    while !held.is_empty() {
+    let mut calling = JoinSet::new();
+    for (mut conn, mut sessions) in held {
+        let work = work.clone();
+        calling.spawn(async move {
+            for session in &mut sessions {
+                conn.request(session, work.method, &work.params, &work.expect, true).await?;
+            }
+            anyhow::Ok((conn, sessions))
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(called) = calling.join_next().await {
+        held.push(called.context("calling task")?.context("one call on an idle session")?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_called_kib = procs::status_kib(pid, "VmRSS").unwrap_or(0);
+    let with_idle = load::run(&endpoint, &work, 1, args.warmup, window, no_probe).await.context("p50 with the idle sessions open")?;
+    clean(&with_idle.stats, "echo with the idle sessions open")?;
+
+    // Then each session's client holding a connection of its own (a second call on each,
+    // on a new connection kept open): what connected clients cost on top.
+    let mut sessions_left: Vec<Session> = Vec::with_capacity(sessions);
+    for (conn, list) in held {
+        sessions_left.extend(list);
+        // The connection goes; its sessions live on at the gateway.
+        drop(conn);
+    }
+    let mut connected: Vec<(Conn, Session)> = Vec::with_capacity(sessions);
+    while !sessions_left.is_empty() {
         let mut calling = JoinSet::new();
-        for (mut conn, mut session) in held.drain(..IDLE_BATCH.min(held.len())) {
-            let work = work.clone();
+        for mut session in sessions_left.drain(..IDLE_BATCH.min(sessions_left.len())) {
+            let (endpoint, work) = (endpoint.clone(), work.clone());
             calling.spawn(async move {
+                let mut conn = Conn::open(&endpoint).await?;
                 conn.request(&mut session, work.method, &work.params, &work.expect, true).await?;
                 anyhow::Ok((conn, session))
             });
         }
         while let Some(done) = calling.join_next().await {
-            called.push(done.context("calling task")?.context("one call on an idle session")?);
+            connected.push(done.context("calling task")?.context("a call on an idle session's own connection")?);
         }
     }
-    let held = called;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_called_kib = procs::status_kib(pid, "VmRSS").unwrap_or(0);
-    let with_idle = load::run(&endpoint, &work, 1, args.warmup, window, no_probe).await.context("p50 with the idle sessions open")?;
-    clean(&with_idle.stats, "echo with the idle sessions open")?;
+    let rss_connected_kib = procs::status_kib(pid, "VmRSS").unwrap_or(0);
     let peak_kib = procs::status_kib(pid, "VmHWM").unwrap_or(0);
     let result = IdleResult {
         sessions,
         rss_before_kib,
         rss_initialized_kib,
         rss_called_kib,
+        rss_connected_kib,
         peak_kib,
         upstream_rss_kib: procs::status_kib(fixture.proc.pid(), "VmRSS").unwrap_or(0),
         p50_before_ms: before.stats.quantile_ms(0.5),
         p50_with_idle_ms: with_idle.stats.quantile_ms(0.5),
     };
     eprintln!(
-        "idle sessions: {sessions}: RSS {} → {} → {} KiB (peak {}), p50 {:.3} → {:.3} ms",
-        result.rss_before_kib, result.rss_initialized_kib, result.rss_called_kib, result.peak_kib, result.p50_before_ms, result.p50_with_idle_ms
+        "idle sessions: {sessions}: RSS {} → {} → {} KiB, {} KiB with a connection each (peak {}), p50 {:.3} → {:.3} ms",
+        result.rss_before_kib,
+        result.rss_initialized_kib,
+        result.rss_called_kib,
+        result.rss_connected_kib,
+        result.peak_kib,
+        result.p50_before_ms,
+        result.p50_with_idle_ms
     );
-    for (mut conn, session) in held {
+    for (mut conn, session) in connected {
         conn.close(session).await;
     }
     gateway.proc.stop(Duration::from_secs(3)).await;
