@@ -50,7 +50,6 @@ pub mod upstream;
 use std::{collections::HashMap, future::Future, sync::Arc};
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -237,8 +236,9 @@ pub async fn run_with(
             let metrics_listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on telemetry.metrics_listen {address}"))?;
             tracing::info!(%address, "metrics and health listening");
             let stop = cancel.child_token();
+            let idle_timeout = settings.connection_idle_timeout;
             tokio::spawn(async move {
-                let served = axum::serve(metrics_listener, observability).with_graceful_shutdown(stop.cancelled_owned()).await;
+                let served = transport::serve(metrics_listener, observability, idle_timeout, stop.cancelled_owned()).await;
                 if let Err(error) = served {
                     tracing::error!(%error, "metrics listener failed");
                 }
@@ -250,21 +250,13 @@ pub async fn run_with(
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, endpoint = %settings.resource, "listening");
     let stop = cancel.clone();
-    // TCP_NODELAY on every client connection: rmcp writes a streamable-HTTP answer in small
-    // pieces (headers, SSE priming event, message), and with Nagle's algorithm each small write
-    // after the first waits for the client's delayed ACK — about 40 ms per small response on
-    // Linux (issue 7: echo p50 44 ms through the gateway, 0.1 ms direct).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::warn!(%error, "cannot set TCP_NODELAY on a client connection");
-        }
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop.cancel();
-        })
-        .await;
+    // TCP_NODELAY on every client connection (issue 7: echo p50 44 ms through the gateway
+    // without it, 0.1 ms direct) and the idle-connection timeout: transport::serve.
+    let served = transport::serve(listener, app, settings.connection_idle_timeout, async move {
+        shutdown.await;
+        stop.cancel();
+    })
+    .await;
     cancel.cancel();
     let _ = sync_task.await;
     // Outcome rows still queued are written before the process ends.

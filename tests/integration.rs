@@ -765,3 +765,65 @@ async fn idle_sessions_expire() {
     assert_eq!(open, "portcullis_sessions_open 0");
     gateway.stop().await;
 }
+
+/// Reads from `stream` until the peer closes it or `within` passes; whether it closed.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_and_slow_connections_are_closed_but_requests_in_flight_are_not() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fixture = Fixture::start(&[]).await;
+    let gateway = Gateway::start_with(vec![UpstreamSpec::new("fx", &fixture.url)], |config| {
+        config.connection_idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let get = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", gateway.addr);
+
+    // A keep-alive connection serves a second request while it is younger than the timeout,
+    // then is closed once it stays idle past it.
+    let mut idle = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    for _ in 0..2 {
+        idle.write_all(get.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 1024];
+        let read = idle.read(&mut answer).await.unwrap();
+        assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..read]));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(closed_within(&mut idle, Duration::from_secs(3)).await, "idle keep-alive connection left open");
+
+    // Headers trickled one line every 300 ms never complete a request head: closed too.
+    let mut slow = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n", gateway.addr).as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for line in 0..12 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if slow.write_all(format!("X-Trickle-{line}: x\r\n").as_bytes()).await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed || closed_within(&mut slow, Duration::from_millis(100)).await, "slow headers kept the connection open");
+    assert!(started.elapsed() < Duration::from_secs(3), "closed only after {:?}", started.elapsed());
+
+    // A call that outlasts the timeout is answered, and the client goes on after its pooled
+    // connection was closed for idleness.
+    let (client, _) = connect(&gateway.url, &gateway.token("alice", ALL_SCOPES)).await.unwrap();
+    let done = client.peer().call_tool(call("fx__slow", json!({"seconds": 2}))).await.unwrap();
+    assert_eq!(text_of(&done), "done");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    client.peer().call_tool(call("fx__test_simple_text", json!({}))).await.unwrap();
+    client.cancel().await.unwrap();
+    gateway.stop().await;
+}

@@ -97,6 +97,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Idle time after which a client session is closed.
     pub session_idle_timeout: Duration,
+    /// A client connection that sends no complete request head for this long is closed
+    /// (keep-alive idle and slow headers; [`crate::transport::serve`]).
+    pub connection_idle_timeout: Duration,
     /// Token settings.
     pub auth: AuthSettings,
     /// The allow-listed upstream MCP servers, in configuration order.
@@ -347,6 +350,9 @@ impl Settings {
         if config.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
         }
+        if config.connection_idle_timeout < Duration::from_secs(1) {
+            return Err(invalid("connection_idle_timeout", "must be at least 1s"));
+        }
         config.limits.validate().map_err(|e| invalid("limits.burst", &e.to_string()))?;
         let signing_key = match (&config.auth.signing_key_file, &config.auth.signing_key_env) {
             (Some(_), Some(_)) => {
@@ -447,6 +453,7 @@ impl Settings {
             allowed_origins,
             max_body_bytes: config.max_body_bytes,
             session_idle_timeout: config.session_idle_timeout,
+            connection_idle_timeout: config.connection_idle_timeout,
             auth,
             upstreams,
             policy,

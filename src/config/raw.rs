@@ -34,6 +34,10 @@ pub struct Config {
     /// Idle time after which a client session closes (default `30m`).
     #[serde(with = "humantime_serde")]
     pub session_idle_timeout: Duration,
+    /// A client connection that sends no complete request head for this long is closed: an
+    /// idle keep-alive connection, or one trickling its headers (default `60s`).
+    #[serde(with = "humantime_serde")]
+    pub connection_idle_timeout: Duration,
     /// Token settings.
     pub auth: AuthConfig,
     /// Allow-listed upstream MCP servers (`[[upstream]]` tables).
@@ -268,6 +272,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             session_idle_timeout: Duration::from_secs(30 * 60),
+            connection_idle_timeout: Duration::from_secs(60),
             auth: AuthConfig::default(),
             upstream: Vec::new(),
             policy: Vec::new(),

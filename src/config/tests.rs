@@ -29,6 +29,15 @@ fn defaults_are_loopback_with_derived_resource() {
 }
 
 #[test]
+fn connection_idle_timeout_defaults_to_a_minute_and_refuses_under_a_second() {
+    assert_eq!(settings(None, &[], Overrides::default()).unwrap().connection_idle_timeout, Duration::from_secs(60));
+    let s = settings(None, &[("PORTCULLIS_CONNECTION_IDLE_TIMEOUT", "15s")], Overrides::default()).unwrap();
+    assert_eq!(s.connection_idle_timeout, Duration::from_secs(15));
+    let error = settings(Some("connection_idle_timeout = \"500ms\"\n"), &[], Overrides::default()).unwrap_err().to_string();
+    assert!(error.contains("connection_idle_timeout"), "{error}");
+}
+
+#[test]
 fn unknown_key_names_key_and_file() {
     let file = write("listen = \"127.0.0.1:9000\"\nlisten_adress = \"x\"\n");
     let error = Config::load(Some(file.path()), &HashMap::new(), &Overrides::default()).unwrap_err().to_string();

@@ -38,6 +38,9 @@
 //! path's) whose binding lapsed after `session_idle_timeout` without a request.
 
 mod metadata;
+mod serve;
+
+pub use serve::serve;
 
 use std::sync::Arc;
 
