@@ -75,6 +75,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Without `--bench` (`cargo test --benches`, an unoptimized build): a short smoke pass.
+    let rounds = if std::env::args().any(|a| a == "--bench") { (20, 200) } else { (1, 2) };
     let guard = Guard::default();
     let mut benign = texts("benign_text.jsonl", |_| true)?;
     let outputs = texts("benign_tool_outputs.jsonl", |_| true)?;
@@ -109,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Added latency on a tools/call result: sanitize each benign tool output as a text block.
     let mut samples = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..rounds.0 {
         for text in &outputs {
             samples.push(sanitize_us(&guard, text));
         }
@@ -135,7 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for (name, text) in [("64 KiB of 'x' (the load harness's large_result)", "x".repeat(64 * 1024)), ("benign tool outputs joined", joined)] {
         let mut samples = Vec::new();
-        for _ in 0..200 {
+        for _ in 0..rounds.1 {
             samples.push(sanitize_us(&guard, &text));
         }
         samples.sort_by(f64::total_cmp);

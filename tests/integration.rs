@@ -822,7 +822,7 @@ async fn idle_and_slow_connections_are_closed_but_requests_in_flight_are_not() {
     let (client, _) = connect(&gateway.url, &gateway.token("alice", ALL_SCOPES)).await.unwrap();
     let done = client.peer().call_tool(call("fx__slow", json!({"seconds": 2}))).await.unwrap();
     assert_eq!(text_of(&done), "done");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     client.peer().call_tool(call("fx__test_simple_text", json!({}))).await.unwrap();
     client.cancel().await.unwrap();
     gateway.stop().await;

@@ -341,7 +341,14 @@ fn scale_points(w: &mut String, scale: &crate::scale::ScaleResults) {
     let _ = writeln!(w, "| gateway RSS before the idle sessions | {} MiB |", mib(idle.rss_before_kib));
     let _ = writeln!(w, "| RSS with {} sessions initialized over {} connections (no upstream session yet) | {} MiB |", idle.sessions, crate::scale::IDLE_CONNECTIONS, mib(idle.rss_initialized_kib));
     let _ = writeln!(w, "| RSS after one call on each (each session holds its upstream session) | {} MiB (upstream fixture {} MiB) |", mib(idle.rss_called_kib), mib(idle.upstream_rss_kib));
-    let _ = writeln!(w, "| RSS with each session's client also holding a keep-alive connection of its own | {} MiB (peak {} MiB) |", mib(idle.rss_connected_kib), mib(idle.peak_kib));
+    let per_connection = idle.rss_connected_kib.saturating_sub(idle.rss_unconnected_kib) as f64 / idle.sessions.max(1) as f64;
+    let _ = writeln!(
+        w,
+        "| RSS with each session's client also holding a keep-alive connection of its own | {} MiB from {} MiB: {per_connection:.1} KiB per connection (peak {} MiB) |",
+        mib(idle.rss_connected_kib),
+        mib(idle.rss_unconnected_kib),
+        mib(idle.peak_kib)
+    );
     let _ = writeln!(w, "| echo p50 at c=1 before / with the idle sessions open | {:.3} / {:.3} ms |", idle.p50_before_ms, idle.p50_with_idle_ms);
     let _ = writeln!(
         w,

@@ -38,6 +38,8 @@ pub(crate) struct IdleResult {
     pub(crate) rss_before_kib: u64,
     pub(crate) rss_initialized_kib: u64,
     pub(crate) rss_called_kib: u64,
+    /// After the p50 load, with the sessions' connections closed: the connected phase's base.
+    pub(crate) rss_unconnected_kib: u64,
     /// With each session's client holding a connection of its own, too.
     pub(crate) rss_connected_kib: u64,
     pub(crate) peak_kib: u64,
@@ -135,13 +137,16 @@ async fn idle_sessions(args: &Args, workdir: &Path, fixture: &Fixture, spec: &dy
     clean(&with_idle.stats, "echo with the idle sessions open")?;
 
     // Then each session's client holding a connection of its own (a second call on each,
-    // on a new connection kept open): what connected clients cost on top.
+    // on a new connection kept open): what connected clients cost on top, measured from the
+    // memory after the p50 load and with the first phase's connections closed.
     let mut sessions_left: Vec<Session> = Vec::with_capacity(sessions);
     for (conn, list) in held {
         sessions_left.extend(list);
         // The connection goes; its sessions live on at the gateway.
         drop(conn);
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_unconnected_kib = procs::status_kib(pid, "VmRSS").unwrap_or(0);
     let mut connected: Vec<(Conn, Session)> = Vec::with_capacity(sessions);
     while !sessions_left.is_empty() {
         let mut calling = JoinSet::new();
@@ -165,6 +170,7 @@ async fn idle_sessions(args: &Args, workdir: &Path, fixture: &Fixture, spec: &dy
         rss_before_kib,
         rss_initialized_kib,
         rss_called_kib,
+        rss_unconnected_kib,
         rss_connected_kib,
         peak_kib,
         upstream_rss_kib: procs::status_kib(fixture.proc.pid(), "VmRSS").unwrap_or(0),

@@ -35,7 +35,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub session_idle_timeout: Duration,
     /// A client connection that sends no complete request head for this long is closed: an
-    /// idle keep-alive connection, or one trickling its headers (default `60s`).
+    /// idle keep-alive connection, or one trickling its headers (default `120s`).
     #[serde(with = "humantime_serde")]
     pub connection_idle_timeout: Duration,
     /// Token settings.
@@ -272,7 +272,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             session_idle_timeout: Duration::from_secs(30 * 60),
-            connection_idle_timeout: Duration::from_secs(60),
+            connection_idle_timeout: Duration::from_secs(120),
             auth: AuthConfig::default(),
             upstream: Vec::new(),
             policy: Vec::new(),

@@ -29,8 +29,8 @@ fn defaults_are_loopback_with_derived_resource() {
 }
 
 #[test]
-fn connection_idle_timeout_defaults_to_a_minute_and_refuses_under_a_second() {
-    assert_eq!(settings(None, &[], Overrides::default()).unwrap().connection_idle_timeout, Duration::from_secs(60));
+fn connection_idle_timeout_defaults_to_two_minutes_and_refuses_under_a_second() {
+    assert_eq!(settings(None, &[], Overrides::default()).unwrap().connection_idle_timeout, Duration::from_secs(120));
     let s = settings(None, &[("PORTCULLIS_CONNECTION_IDLE_TIMEOUT", "15s")], Overrides::default()).unwrap();
     assert_eq!(s.connection_idle_timeout, Duration::from_secs(15));
     let error = settings(Some("connection_idle_timeout = \"500ms\"\n"), &[], Overrides::default()).unwrap_err().to_string();

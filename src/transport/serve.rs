@@ -4,12 +4,16 @@
 //!
 //! What `axum::serve` leaves out, and this adds: a connection that sends no complete request
 //! head for [`serve`]'s `idle_timeout` is closed. That is an idle keep-alive connection (a
-//! client gone quiet holds a socket, a task and about 30 KiB of buffers per connection:
-//! bench/RESULTS.md, tenth session) and one that trickles its headers (slowloris). Without
-//! it, idle or slow clients could hold connections until the gateway runs out of file
-//! descriptors or memory. It is hyper's header read timeout, which starts when the
-//! connection waits for a request head, so it never cuts a request or a response in flight
-//! (a long tool call, an SSE stream).
+//! client gone quiet holds a socket, a task and its buffers: bench/RESULTS.md, "Notes on the
+//! tenth session") and one that trickles its headers (slowloris). Without it, idle or slow
+//! clients could hold connections until the gateway runs out of file descriptors or memory.
+//!
+//! It is hyper's header read timeout, which runs only while the connection waits for a
+//! request head: between requests, and while a head arrives. A request body being read, a
+//! handler running (a long tool call) and a response being produced (an SSE stream) are not
+//! timed. Two edges: hyper counts a response as done once its last bytes are buffered, so a
+//! client that takes longer than the timeout to read the end of a large answer can lose it;
+//! and a request body that trickles is not bounded by this timeout.
 //!
 //! Shutdown is graceful: no new connection is accepted; each connection ends after the
 //! response in flight (HTTP/1.1 keep-alive stops); the loop returns when all have closed.
@@ -36,6 +40,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// None today: accept errors are logged and retried; the `io::Result` is the contract of a
 /// server loop.
 pub async fn serve(listener: TcpListener, app: Router, idle_timeout: Duration, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    // Handlers become routes once, not on every request (as `axum::serve` does).
+    let app: Router = app.with_state(());
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(idle_timeout);
     let connections = TaskTracker::new();
@@ -51,8 +57,11 @@ pub async fn serve(listener: TcpListener, app: Router, idle_timeout: Duration, s
             Err(error) if is_handshake_error(&error) => continue,
             Err(error) => {
                 tracing::error!(%error, "accepting a client connection failed; pausing");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
+                // Out of file descriptors is when this pause happens: shutdown must not wait.
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                }
             }
         };
         if let Err(error) = stream.set_nodelay(true) {
