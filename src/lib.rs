@@ -236,9 +236,9 @@ pub async fn run_with(
             let metrics_listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on telemetry.metrics_listen {address}"))?;
             tracing::info!(%address, "metrics and health listening");
             let stop = cancel.child_token();
-            let idle_timeout = settings.connection_idle_timeout;
+            let timeouts = transport::Timeouts { idle: settings.connection_idle_timeout, body: settings.request_body_timeout };
             tokio::spawn(async move {
-                let served = transport::serve(metrics_listener, observability, idle_timeout, stop.cancelled_owned()).await;
+                let served = transport::serve(metrics_listener, observability, timeouts, stop.cancelled_owned()).await;
                 if let Err(error) = served {
                     tracing::error!(%error, "metrics listener failed");
                 }
@@ -252,7 +252,8 @@ pub async fn run_with(
     let stop = cancel.clone();
     // TCP_NODELAY on every client connection (issue 7: echo p50 44 ms through the gateway
     // without it, 0.1 ms direct) and the idle-connection timeout: transport::serve.
-    let served = transport::serve(listener, app, settings.connection_idle_timeout, async move {
+    let timeouts = transport::Timeouts { idle: settings.connection_idle_timeout, body: settings.request_body_timeout };
+    let served = transport::serve(listener, app, timeouts, async move {
         shutdown.await;
         stop.cancel();
     })

@@ -827,3 +827,41 @@ async fn idle_and_slow_connections_are_closed_but_requests_in_flight_are_not() {
     client.cancel().await.unwrap();
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_body_slower_than_the_body_timeout_gets_408() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let gateway = Gateway::start_with(vec![], |config| config.request_body_timeout = Duration::from_secs(1)).await;
+    let token = gateway.token("alice", ALL_SCOPES);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+        gateway.addr,
+        body.len()
+    );
+    let status_of = |answer: &[u8]| String::from_utf8_lossy(answer).lines().next().unwrap_or_default().to_owned();
+
+    // A body sent in two halves, 300 ms apart, arrives within the timeout: answered.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..20]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(&body.as_bytes()[20..]).await.unwrap();
+    let mut answer = vec![0u8; 8192];
+    let read = stream.read(&mut answer).await.unwrap();
+    assert!(status_of(&answer[..read]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..read]));
+
+    // Half a body, then nothing: refused with 408 once the timeout passes.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..20]).await.unwrap();
+    let started = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await.expect("no answer to a stalled body").unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(status_of(answer.as_bytes()).starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("-32600") && answer.contains("request body not received within 1s"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "refused before the timeout: {:?}", started.elapsed());
+    gateway.stop().await;
+}

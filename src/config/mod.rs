@@ -100,6 +100,9 @@ pub struct Settings {
     /// A client connection that sends no complete request head for this long is closed
     /// (keep-alive idle and slow headers; [`crate::transport::serve`]).
     pub connection_idle_timeout: Duration,
+    /// A request body must arrive whole within this long of its head; a slower one fails
+    /// ([`crate::transport::BodyTimeout`]) and `/mcp` answers 408.
+    pub request_body_timeout: Duration,
     /// Token settings.
     pub auth: AuthSettings,
     /// The allow-listed upstream MCP servers, in configuration order.
@@ -353,6 +356,9 @@ impl Settings {
         if config.connection_idle_timeout < Duration::from_secs(1) {
             return Err(invalid("connection_idle_timeout", "must be at least 1s"));
         }
+        if config.request_body_timeout < Duration::from_secs(1) {
+            return Err(invalid("request_body_timeout", "must be at least 1s"));
+        }
         config.limits.validate().map_err(|e| invalid("limits.burst", &e.to_string()))?;
         let signing_key = match (&config.auth.signing_key_file, &config.auth.signing_key_env) {
             (Some(_), Some(_)) => {
@@ -454,6 +460,7 @@ impl Settings {
             max_body_bytes: config.max_body_bytes,
             session_idle_timeout: config.session_idle_timeout,
             connection_idle_timeout: config.connection_idle_timeout,
+            request_body_timeout: config.request_body_timeout,
             auth,
             upstreams,
             policy,

@@ -38,6 +38,10 @@ pub struct Config {
     /// idle keep-alive connection, or one trickling its headers (default `120s`).
     #[serde(with = "humantime_serde")]
     pub connection_idle_timeout: Duration,
+    /// A request body must arrive whole within this long of its head, else 408 (default
+    /// `60s`).
+    #[serde(with = "humantime_serde")]
+    pub request_body_timeout: Duration,
     /// Token settings.
     pub auth: AuthConfig,
     /// Allow-listed upstream MCP servers (`[[upstream]]` tables).
@@ -273,6 +277,7 @@ impl Default for Config {
             max_body_bytes: 4 * 1024 * 1024,
             session_idle_timeout: Duration::from_secs(30 * 60),
             connection_idle_timeout: Duration::from_secs(120),
+            request_body_timeout: Duration::from_secs(60),
             auth: AuthConfig::default(),
             upstream: Vec::new(),
             policy: Vec::new(),

@@ -29,12 +29,15 @@ fn defaults_are_loopback_with_derived_resource() {
 }
 
 #[test]
-fn connection_idle_timeout_defaults_to_two_minutes_and_refuses_under_a_second() {
+fn connection_timeouts_default_and_refuse_under_a_second() {
     assert_eq!(settings(None, &[], Overrides::default()).unwrap().connection_idle_timeout, Duration::from_secs(120));
     let s = settings(None, &[("PORTCULLIS_CONNECTION_IDLE_TIMEOUT", "15s")], Overrides::default()).unwrap();
     assert_eq!(s.connection_idle_timeout, Duration::from_secs(15));
     let error = settings(Some("connection_idle_timeout = \"500ms\"\n"), &[], Overrides::default()).unwrap_err().to_string();
     assert!(error.contains("connection_idle_timeout"), "{error}");
+    assert_eq!(settings(None, &[], Overrides::default()).unwrap().request_body_timeout, Duration::from_secs(60));
+    let error = settings(Some("request_body_timeout = \"0s\"\n"), &[], Overrides::default()).unwrap_err().to_string();
+    assert!(error.contains("request_body_timeout"), "{error}");
 }
 
 #[test]

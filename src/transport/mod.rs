@@ -40,7 +40,7 @@
 mod metadata;
 mod serve;
 
-pub use serve::serve;
+pub use serve::{BodyTimeout, Timeouts, serve};
 
 use std::sync::Arc;
 
@@ -230,6 +230,10 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
             Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
                 let message = format!("request body exceeds {} bytes", state.settings.max_body_bytes);
                 return json_rpc_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, &message, Value::Null);
+            }
+            Err(error) if BodyTimeout::is_cause_of(&*error) => {
+                let message = format!("request body not received within {}", humantime::format_duration(state.settings.request_body_timeout));
+                return json_rpc_error(StatusCode::REQUEST_TIMEOUT, -32600, &message, Value::Null);
             }
             Err(_) => return json_rpc_error(StatusCode::BAD_REQUEST, -32700, "Parse error: body could not be read", Value::Null),
         };
