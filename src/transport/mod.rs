@@ -233,7 +233,11 @@ async fn mcp_entry(State(state): State<AppState>, request: Request) -> Response 
             }
             Err(error) if BodyTimeout::is_cause_of(&*error) => {
                 let message = format!("request body not received within {}", humantime::format_duration(state.settings.request_body_timeout));
-                return json_rpc_error(StatusCode::REQUEST_TIMEOUT, -32600, &message, Value::Null);
+                // The rest of the body may still come: the connection cannot carry another
+                // request, and says so (RFC 9110 §15.5.9).
+                let mut response = json_rpc_error(StatusCode::REQUEST_TIMEOUT, -32600, &message, Value::Null);
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
             }
             Err(_) => return json_rpc_error(StatusCode::BAD_REQUEST, -32700, "Parse error: body could not be read", Value::Null),
         };

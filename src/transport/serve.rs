@@ -17,8 +17,10 @@
 //!
 //! Each request body must also arrive whole within `body_timeout` of its head ([`BodyTimeout`]):
 //! a body that trickles (a slow POST to `/mcp` or to the token endpoint) fails when it
-//! passes, and the handler reading it answers 408. The timer is only armed when the body is
-//! not already in hyper's buffer, so a small request costs no timer.
+//! passes, and the handler reading it answers 408 (`/mcp`) or 400. The time counts from the
+//! head, so it includes the token check before the body is read; at the defaults (4 MiB, 60 s)
+//! a client must send about 70 KB/s. The timer is only armed when a read has to wait: a small
+//! body that came with its head costs none.
 //!
 //! Shutdown is graceful: no new connection is accepted; each connection ends after the
 //! response in flight (HTTP/1.1 keep-alive stops); the loop returns when all have closed.
@@ -154,13 +156,15 @@ struct DeadlineBody {
     deadline: tokio::time::Instant,
     timeout: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline passed: every later read fails too, and no data follows the error.
+    expired: bool,
 }
 
 // === impl DeadlineBody ===
 
 impl DeadlineBody {
     fn new(inner: Incoming, timeout: Duration) -> Self {
-        Self { inner, deadline: tokio::time::Instant::now() + timeout, timeout, sleep: None }
+        Self { inner, deadline: tokio::time::Instant::now() + timeout, timeout, sleep: None, expired: false }
     }
 }
 
@@ -170,12 +174,18 @@ impl hyper::body::Body for DeadlineBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if this.expired {
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout)))));
+        }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.deadline)));
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout))))),
+            Poll::Ready(()) => {
+                this.expired = true;
+                Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout)))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
