@@ -348,29 +348,32 @@ pub(crate) fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| stat_fields(*child).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok())) == Some(pid))
+        .filter(|child| stat_fields(&format!("/proc/{child}/stat")).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok())) == Some(pid))
         .collect()
 }
 
-/// The fields of `/proc/PID/stat` after the command name: index 0 is `state` (field 3).
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The fields of a `stat` file of proc(5) (`/proc/PID/stat`, `/proc/PID/task/TID/stat`)
+/// after the command name: index 0 is `state` (field 3).
+fn stat_fields(path: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(path).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
     Some(after_name.split_ascii_whitespace().map(str::to_owned).collect())
 }
 
+/// User + system CPU time in clock ticks from a `stat` file ([`stat_fields`]); 0 if it is gone.
+fn stat_cpu_ticks(path: &str) -> u64 {
+    // utime and stime are fields 14 and 15 of proc(5), i.e. 11 and 12 after the name.
+    stat_fields(path).map_or(0, |f| f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+}
+
 /// CPU time of `pid` (user + system, all threads) in clock ticks; 0 if it is gone.
 pub(crate) fn cpu_ticks(pid: u32) -> u64 {
-    // utime and stime are fields 14 and 15 of proc(5), i.e. 11 and 12 after the name.
-    stat_fields(pid).map_or(0, |f| f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+    stat_cpu_ticks(&format!("/proc/{pid}/stat"))
 }
 
 /// CPU time of thread `tid` of `pid` (user + system) in clock ticks; 0 if it is gone.
 pub(crate) fn thread_cpu_ticks(pid: u32, tid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else { return 0 };
-    let Some(close) = stat.rfind(')') else { return 0 };
-    let fields: Vec<&str> = stat[close + 1..].split_ascii_whitespace().collect();
-    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    stat_cpu_ticks(&format!("/proc/{pid}/task/{tid}/stat"))
 }
 
 /// The calling thread's id, from `/proc/thread-self` (a link to `PID/task/TID`).
