@@ -436,12 +436,13 @@ async fn matrix(args: &Args, workdir: &Path, fixture: &Fixture, [secured, open, 
                     let target = &targets[&key];
                     let probe = || {
                         let hop = target.hop.pids();
+                        let sink = sink_ticks();
                         Probe {
                             hop: hop.iter().map(|pid| procs::cpu_ticks(*pid)).sum(),
                             hop_switches: procs::context_switches(&hop),
                             upstream: procs::cpu_ticks(upstream_pid),
-                            loadgen: procs::cpu_ticks(own_pid).saturating_sub(sink_ticks()),
-                            sink: sink_ticks(),
+                            loadgen: procs::cpu_ticks(own_pid).saturating_sub(sink),
+                            sink,
                             machine: procs::machine_cpu(),
                         }
                     };
